@@ -68,9 +68,13 @@ class Algorithm:
         """The algorithm's own optimizer-state entries (scalars for logging)."""
         return {}
 
+    def update_steps(self, total_steps: int) -> list[int]:
+        """The steps (1-based) after which the masks change, computed on the host; none when static."""
+        return []
+
     def is_update_step(self, step: jax.Array, total_steps: int) -> jax.Array:
-        """Whether the masks change after optimizer step ``step`` (1-based); never for static algorithms."""
-        return jnp.zeros((), bool)
+        """Whether step ``step`` (a traced int) is one of :meth:`update_steps`."""
+        return schedules.event_index(step, self.update_steps(total_steps))[0]
 
     def mask_update(self, step: jax.Array, params: PyTree, grads: PyTree, masks: PyTree,
                     total_steps: int) -> PyTree:
@@ -319,8 +323,8 @@ class GMP(SparseAlgorithm):
     def init_state(self, masks, total_steps):
         return {"scheduled_sparsity": jnp.zeros((), jnp.float32)}
 
-    def is_update_step(self, step, total_steps):
-        return schedules.event_index(step, self.events(total_steps))[0]
+    def update_steps(self, total_steps):
+        return self.events(total_steps)
 
     def mask_update(self, step, params, grads, masks, total_steps):
         events, _, keep = self._schedule(num_prunable(masks), total_steps)
@@ -401,6 +405,9 @@ class RigL(SparseAlgorithm):
 
     def init_state(self, masks, total_steps):
         return {"drop_fraction": jnp.asarray(self.drop_fraction, jnp.float32)}
+
+    def update_steps(self, total_steps):
+        return schedules.periodic_events(total_steps, self.update_frequency, int(total_steps * self.end_fraction))
 
     def is_update_step(self, step, total_steps):
         return (step % self.update_frequency == 0) & (step <= int(total_steps * self.end_fraction))

@@ -6,11 +6,11 @@ then yields masked params and regrown weights start at exactly 0 (SMC-Bench's ar
 §2.2). With ``fairseq_order`` the mask update sees the pre-update ``p`` and gradients and the step returns
 ``(p + u)·m_new − p`` (SPEC §2.1).
 
-The mask update sits in a ``lax.cond`` whose operands are the step's inputs (params, gradients, inner
-state), never a new intermediate: on the steps without an event the whole update stays one elementwise
-pass that XLA fuses with the inner optimizer. On event steps the arithmetic order recomputes the inner
-update inside the branch to form ``p′`` (optax updates are pure), which costs one extra inner update per
-event and nothing on the other steps.
+Whether a step updates the masks is decided on device by a ``lax.cond`` unless the caller says so:
+``update(..., is_update_step=False)`` compiles the step without the mask update (one fused elementwise
+pass over the inner update, as cheap as the static algorithms), ``is_update_step=True`` without the cond.
+A training loop knows its step on the host, so it can compile both and pick with
+``step in algorithm.update_steps(total_steps)`` at no device cost (``smc_jax.train`` does).
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ class SparseState(NamedTuple):
     algorithm_state: dict[str, jax.Array]  # the algorithm's scalars (scheduled sparsity, drop fraction)
 
 
-def _masked_step(params: PyTree, updates: PyTree, keep: PyTree) -> PyTree:
-    """``where(keep, p + u, 0) - p`` on masked leaves, ``u`` elsewhere."""
+def _masked_step(params: PyTree, updates: PyTree, keep: PyTree, target: PyTree | None = None) -> PyTree:
+    """``where(keep, t, 0) - p`` with ``t = p + u`` (or ``target``) on masked leaves, ``u`` elsewhere."""
+    target = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates) if target is None else target
     return jax.tree.map(
-        lambda k, p, u: u if k is None else jnp.where(k, p + u, jnp.zeros((), p.dtype)) - p,
-        keep, params, updates, is_leaf=_is_none,
+        lambda k, p, u, t: u if k is None else jnp.where(k, t, jnp.zeros((), p.dtype)) - p,
+        keep, params, updates, target, is_leaf=_is_none,
     )
 
 
@@ -75,8 +76,11 @@ def sparse_optimizer(
       masks: the masks at step 0, e.g. ``algorithm.init_masks(params, prunable_masks(params), key=key)``.
       total_steps: the number of optimizer steps of the run (the horizon of GMP and RigL schedules).
 
-    ``update(grads, state, params, **extra)`` needs ``params``; read the current masks with
-    :func:`get_masks`.
+    ``update(grads, state, params, *, is_update_step=None, **extra)`` needs ``params``. ``is_update_step``
+    is a Python bool hint from a loop that counts steps on the host (``step in
+    algorithm.update_steps(total_steps)``, steps counted from 1): ``False`` skips the mask update at trace
+    time, ``True`` runs it unconditionally, ``None`` decides on device with ``lax.cond``. Read the current
+    masks with :func:`get_masks`.
     """
     if isinstance(algorithm, str):
         algorithm = get_algorithm(algorithm)
@@ -96,38 +100,38 @@ def sparse_optimizer(
         check_masks(params, initial_masks)
         return SparseState(
             count=jnp.zeros((), jnp.int32),
-            masks=jax.tree.map(jnp.asarray, initial_masks),
+            masks=jax.tree.map(jnp.array, initial_masks),  # a copy: the state may be donated
             inner_state=inner.init(params),
             algorithm_state=algorithm.init_state(initial_masks, total_steps),
         )
 
-    def update_fn(grads, state, params=None, **extra):
+    def update_fn(grads, state, params=None, *, is_update_step: bool | None = None, **extra):
         if params is None:
             raise ValueError("sparse_optimizer needs params: call update(grads, state, params)")
         step = state.count + 1
         old = state.masks
         inner_grads = apply_masks(grads, old) if mask_gradients else grads
-        updates, inner_state = inner.update(inner_grads, state.inner_state, params, **extra)
+        inner_state = state.inner_state
         if not sparse:
+            updates, inner_state = inner.update(inner_grads, inner_state, params, **extra)
             return updates, SparseState(step, old, inner_state, state.algorithm_state)
 
-        new = old
-        if algorithm.dynamic:
-            if fairseq_order:
-                def mask_update():
-                    return algorithm.mask_update(step, params, grads, old, total_steps)
+        updates, inner_state = inner.update(inner_grads, inner_state, params, **extra)
+        dynamic = algorithm.dynamic and is_update_step is not False
+        if not dynamic:
+            out, new = _masked_step(params, updates, old), old
+        else:
+            # Arithmetic order: the mask update sees p' = (p + u)·m_old; fairseq order: p itself.
+            seen = params if fairseq_order else apply_masks(optax.apply_updates(params, updates), old)
+            if is_update_step:
+                new = algorithm.mask_update(step, seen, grads, old, total_steps)
             else:
-                def mask_update():
-                    # p' from the step's inputs: recomputing the (pure) inner update here keeps the cond's
-                    # operands to buffers that exist anyway, so the no-event path stays one fused pass.
-                    again, _ = inner.update(inner_grads, state.inner_state, params, **extra)
-                    post = apply_masks(optax.apply_updates(params, again), old)
-                    return algorithm.mask_update(step, post, grads, old, total_steps)
-
-            new = lax.cond(algorithm.is_update_step(step, total_steps), mask_update, lambda: old)
+                new = lax.cond(algorithm.is_update_step(step, total_steps),
+                               lambda: algorithm.mask_update(step, seen, grads, old, total_steps),
+                               lambda: old)
+            # (Forming the arithmetic order's result from p' itself keeps XLA from copying the moments.)
+            out = _masked_step(params, updates, new, None if fairseq_order else seen)
         algorithm_state = algorithm.next_state(step, state.algorithm_state, total_steps)
-        keep = new if fairseq_order else map_masked(lambda a, b: a & b, old, new)
-        out = _masked_step(params, updates, keep)
         if reset_moments and algorithm.dynamic:
             regrown = map_masked(lambda a, b: b & ~a, old, new)
             inner_state = _reset_regrown(inner_state, jax.tree.structure(params), regrown)
