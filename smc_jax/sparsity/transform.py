@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -108,6 +109,11 @@ def sparse_optimizer(
     def update_fn(grads, state, params=None, *, is_update_step: bool | None = None, **extra):
         if params is None:
             raise ValueError("sparse_optimizer needs params: call update(grads, state, params)")
+        if is_update_step is not None and not isinstance(is_update_step, (bool, np.bool_)):
+            raise ValueError(
+                "is_update_step must be a Python bool or None (a hint computed on the host), got "
+                f"{type(is_update_step).__name__}; compile one step per value instead of passing it traced"
+            )
         step = state.count + 1
         old = state.masks
         inner_grads = apply_masks(grads, old) if mask_gradients else grads
