@@ -28,8 +28,11 @@ _MAX_COUNT = 2**32 - 1
 
 
 def sortable_key(x: jax.Array) -> jax.Array:
-    """Map floats to ``uint32`` keys with the same order (computed in float32; NaN sorts above +inf)."""
+    """Map floats to ``uint32`` keys with the same order (computed in float32; -0.0 ties with 0.0, NaN sorts
+    above +inf)."""
     bits = lax.bitcast_convert_type(jnp.asarray(x, jnp.float32), jnp.uint32)
+    bits = jnp.where(bits == jnp.uint32(0x80000000), jnp.uint32(0), bits)  # -0.0 -> +0.0 (no float compare:
+    # XLA's CPU backend flushes denormals to zero in float ops, which would tie them with 0)
     negative = (bits >> 31).astype(bool)
     return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
 
@@ -47,74 +50,73 @@ def _first_positions_key(shape: tuple[int, ...]) -> jax.Array:
 # ------------------------------------------------------------------------------ exact selection
 
 
-def _histogram(digits: jax.Array) -> jax.Array:
-    """Counts of ``digits`` (int32 in [0, _NUM_BINS]; _NUM_BINS = not counted) per bin, as uint32."""
-    counts = jnp.zeros(_NUM_BINS + 1, jnp.int32).at[digits].add(1, mode="promise_in_bounds")
-    return counts[:_NUM_BINS].astype(jnp.uint32)
+def _histograms(digits: list[jax.Array]) -> jax.Array:
+    """``[leaves, _NUM_BINS]`` uint32 counts of each leaf's int32 digits (the digit _NUM_BINS is not counted)."""
+    rows = [
+        jnp.zeros(_NUM_BINS + 1, jnp.int32).at[d].add(1, mode="promise_in_bounds")[:_NUM_BINS] for d in digits
+    ]
+    return jnp.stack(rows).astype(jnp.uint32)
 
 
-def _at_or_above(hist: jax.Array) -> jax.Array:
-    """``out[b] = hist[b:].sum()``, with a trailing 0 so that ``out[b + 1]`` counts strictly above b."""
-    suffix = jnp.cumsum(hist[::-1], dtype=jnp.uint32)[::-1]
-    return jnp.concatenate([suffix, jnp.zeros(1, jnp.uint32)])
-
-
-def _pick_bin(at_or_above: jax.Array, k: jax.Array) -> jax.Array:
-    """The largest bin b with ``at_or_above[b] >= k`` (0 when there is none)."""
-    hits = jnp.sum(at_or_above[:_NUM_BINS] >= k, dtype=jnp.int32)
-    return jnp.maximum(hits - 1, 0)
+def _pick_bins(hists: jax.Array, k: jax.Array, per_leaf: bool) -> tuple[jax.Array, jax.Array]:
+    """From per-leaf histograms ``[L, B]``: per leaf, the largest bin b with at least ``k`` counts at or above
+    it (0 when there is none), over each leaf (``per_leaf``, k of shape [L]) or over all leaves summed
+    (k of shape [1], b broadcast); and the per-leaf counts strictly above b."""
+    counts = hists if per_leaf else hists.sum(axis=0, keepdims=True, dtype=jnp.uint32)
+    at_or_above = jnp.cumsum(counts[:, ::-1], axis=1, dtype=jnp.uint32)[:, ::-1]
+    b = jnp.maximum(jnp.sum(at_or_above >= k[:, None], axis=1, dtype=jnp.int32) - 1, 0)
+    b = jnp.broadcast_to(b, hists.shape[:1])
+    above = jnp.sum(jnp.where(jnp.arange(_NUM_BINS) > b[:, None], hists, 0), axis=1, dtype=jnp.uint32)
+    return b, above
 
 
 def _select_top(
-    keys: list[jax.Array], valid: list[jax.Array], k: jax.Array, unique: bool = False
+    keys: list[jax.Array], valid: list[jax.Array], k: jax.Array, per_leaf: bool = False, unique: bool = False
 ) -> list[jax.Array]:
-    """Bool masks with exactly ``min(k, #valid)`` True: the valid positions with the largest keys.
+    """Bool masks keeping the valid positions with the largest keys: exactly ``min(k, #valid)`` of them over
+    all leaves, or with ``per_leaf`` exactly ``min(k[i], #valid in leaf i)`` in each leaf i.
 
     Ties at the threshold go to the earliest positions (leaf order, then row-major). ``unique=True``
-    promises distinct keys and skips the tie pass.
+    promises distinct keys among the valid positions (per leaf with ``per_leaf``) and skips the tie pass.
+    Per-leaf work is one histogram per pass and the final elementwise masks; the bookkeeping runs on
+    ``[leaves, bins]`` arrays, which keeps compile time linear in the number of leaves.
     """
-    k = jnp.asarray(k, jnp.uint32)
+    n = len(keys)
+    k = jnp.broadcast_to(jnp.asarray(k, jnp.uint32), (n,) if per_leaf else (1,))
     hi = [jnp.where(v, (key >> _DIGIT_BITS).astype(jnp.int32), _NUM_BINS) for key, v in zip(keys, valid)]
-    hist_hi = [_histogram(d) for d in hi]
-    above_hi = [_at_or_above(h) for h in hist_hi]
-    total_hi = sum(above_hi[1:], above_hi[0])
-    b_hi = _pick_bin(total_hi, k)
-    k_lo = k - total_hi[b_hi + 1]
-
+    b_hi, above_hi = _pick_bins(_histograms(hi), k, per_leaf)
     lo = [
-        jnp.where(d == b_hi, (key & jnp.uint32(_NUM_BINS - 1)).astype(jnp.int32), _NUM_BINS)
-        for key, d in zip(keys, hi)
+        jnp.where(d == b_hi[i], (key & jnp.uint32(_NUM_BINS - 1)).astype(jnp.int32), _NUM_BINS)
+        for i, (key, d) in enumerate(zip(keys, hi))
     ]
-    hist_lo = [_histogram(d) for d in lo]
-    above_lo = [_at_or_above(h) for h in hist_lo]
-    total_lo = sum(above_lo[1:], above_lo[0])
-    b_lo = _pick_bin(total_lo, k_lo)
-    tau = (b_hi.astype(jnp.uint32) << _DIGIT_BITS) | b_lo.astype(jnp.uint32)
+    hist_lo = _histograms(lo)
+    b_lo, above_lo = _pick_bins(hist_lo, k - (above_hi if per_leaf else above_hi.sum(keepdims=True)), per_leaf)
+    tau = (b_hi.astype(jnp.uint32) << _DIGIT_BITS) | b_lo.astype(jnp.uint32)  # [L]
+    above = above_hi + above_lo  # [L]: count(key > tau) per leaf
+    ties = hist_lo[jnp.arange(n), b_lo]  # [L]: count(key == tau) per leaf
+    # count(key > tau) < k unless k > #valid, so nothing underflows; keep `take` ties per leaf.
+    if per_leaf:
+        take = jnp.minimum(k - above, ties)
+    else:
+        need = jnp.minimum(k[0] - above.sum(dtype=jnp.uint32), ties.sum(dtype=jnp.uint32))
+        before = jnp.cumsum(ties, dtype=jnp.uint32) - ties
+        take = jnp.clip(need - jnp.minimum(before, need), 0, ties)  # the first `need` ties in leaf order
 
-    above = [a_hi[b_hi + 1] + a_lo[b_lo + 1] for a_hi, a_lo in zip(above_hi, above_lo)]
-    ties = [h[b_lo] for h in hist_lo]
-    need = jnp.minimum(k - sum(above), sum(ties))  # count(key > tau) < k unless k > #valid: no underflow
+    strict = [v & (key > tau[i]) for i, (key, v) in enumerate(zip(keys, valid))]
+    at_tau = [v & (key == tau[i]) for i, (key, v) in enumerate(zip(keys, valid))]
+    if unique:  # at most one valid key per leaf (per tree without per_leaf) equals tau
+        return [s | (t & (take[i] > 0)) for i, (s, t) in enumerate(zip(strict, at_tau))]
+    partial = (take > 0) & (take < ties)
 
-    out, before = [], jnp.uint32(0)
-    for key, v, leaf_ties in zip(keys, valid, ties):
-        strict = v & (key > tau)
-        at_tau = v & (key == tau)
-        take = jnp.clip(need - jnp.minimum(before, need), 0, leaf_ties)
-        before = before + leaf_ties
-        if unique:
-            out.append(strict | (at_tau & (take > 0)))
-            continue
-        out.append(
-            strict
-            | lax.cond(
-                (take > 0) & (take < leaf_ties),
-                lambda at_tau=at_tau, take=take: _select_top(
-                    [_first_positions_key(at_tau.shape)], [at_tau], take, unique=True
-                )[0],
-                lambda at_tau=at_tau, take=take: at_tau & (take == leaf_ties),
-            )
-        )
-    return out
+    def earliest_ties():
+        # Keep the first `take` ties by row-major position in the leaves that keep part of their ties
+        # (only the boundary leaf for a global selection). One cond for the whole tree.
+        candidates = [t & partial[i] for i, t in enumerate(at_tau)]
+        positions = [_first_positions_key(t.shape) for t in at_tau]
+        return _select_top(positions, candidates, jnp.where(partial, take, 0), per_leaf=True, unique=True)
+
+    chosen = lax.cond(partial.any(), earliest_ties, lambda: [jnp.zeros(t.shape, bool) for t in at_tau])
+    return [s | (a & (take[i] == ties[i])) | c for i, (s, a, c) in enumerate(zip(strict, at_tau, chosen))]
 
 
 def _check_count(k: int, limit: int) -> int:
@@ -141,9 +143,10 @@ def scaled_count(fraction: Any, n: Any, ceil: bool = False) -> jax.Array:
     with uint32 limbs, so the result is exact under ``jax.jit`` without float64 (float32 products of
     counts above 2**24 would be off by one).
     """
-    f = jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0)
     n = jnp.asarray(n, jnp.uint32)
-    bits = lax.bitcast_convert_type(f, jnp.uint32)
+    bits = lax.bitcast_convert_type(jnp.asarray(fraction, jnp.float32), jnp.uint32)
+    # Clip to [0, 1] on the bits (float ops would flush denormals to 0): negative -> 0, > 1 -> 1.
+    bits = jnp.where((bits >> 31) == 1, jnp.uint32(0), jnp.minimum(bits, jnp.uint32(0x3F800000)))
     exponent = (bits >> 23) & jnp.uint32(0xFF)
     mantissa = (bits & jnp.uint32(0x7FFFFF)) | jnp.where(exponent > 0, jnp.uint32(0x800000), jnp.uint32(0))
     shift = jnp.uint32(150) - jnp.maximum(exponent, jnp.uint32(1))  # f = mantissa · 2**-shift, shift >= 23
@@ -206,13 +209,7 @@ def snip_scores(params: PyTree, grads: PyTree, masks: PyTree) -> PyTree:
 
 @jax.jit
 def _global_select(keys: PyTree, masks: PyTree, k: jax.Array) -> PyTree:
-    leaves, treedef = jax.tree.flatten(masks, is_leaf=_is_none)
-    key_leaves = jax.tree.leaves(keys, is_leaf=_is_none)
-    index = [i for i, m in enumerate(leaves) if m is not None]
-    selected = _select_top([key_leaves[i] for i in index], [leaves[i] for i in index], k)
-    for i, new in zip(index, selected):
-        leaves[i] = new
-    return jax.tree.unflatten(treedef, leaves)
+    return _per_leaf(lambda m, key: _select_top(key, m, k), masks, keys)
 
 
 def global_topk_masks(scores: PyTree, masks: PyTree, k: Any) -> PyTree:
@@ -276,9 +273,19 @@ def random_masks(key: jax.Array, masks: PyTree, sparsity: Any) -> PyTree:
     )
 
 
+def _per_leaf(fn, masks: PyTree, *trees: PyTree) -> PyTree:
+    """Apply ``fn(mask_leaves, *tree_leaves) -> new mask leaves`` to the prunable leaves of a tree."""
+    leaves, treedef = jax.tree.flatten(masks, is_leaf=_is_none)
+    index = [i for i, m in enumerate(leaves) if m is not None]
+    others = [jax.tree.leaves(t, is_leaf=_is_none) for t in trees]
+    for i, new in zip(index, fn([leaves[i] for i in index], *[[o[i] for i in index] for o in others])):
+        leaves[i] = new
+    return jax.tree.unflatten(treedef, leaves)
+
+
 @jax.jit
 def _layerwise_select(keys: PyTree, masks: PyTree, ks: PyTree) -> PyTree:
-    return map_masked(lambda m, key, k: _select_top([key], [m], k)[0], masks, keys, ks)
+    return _per_leaf(lambda m, key, k: _select_top(key, m, jnp.stack(k), per_leaf=True), masks, keys, ks)
 
 
 def layerwise_topk_masks(scores: PyTree, masks: PyTree, ks: PyTree) -> PyTree:
@@ -315,19 +322,19 @@ def random_layerwise_masks(key: jax.Array, masks: PyTree, densities: dict[str, f
     return _layerwise_select(random_keys, masks, ks)
 
 
-def _rigl_leaf(param: jax.Array, grad: jax.Array, mask: jax.Array, drop_fraction: jax.Array) -> jax.Array:
-    n_on = jnp.sum(mask, dtype=jnp.uint32)
-    n_drop = scaled_count(drop_fraction, n_on, ceil=True)
-    smallest_first = ~sortable_key(jnp.abs(param.astype(jnp.float32)))
-    dropped = _select_top([smallest_first], [mask], n_drop)[0]
-    kept = mask & ~dropped
-    grown = _select_top([sortable_key(jnp.abs(grad.astype(jnp.float32)))], [~kept], n_drop)[0]
-    return kept | grown
-
-
 @jax.jit
 def _rigl(params: PyTree, grads: PyTree, masks: PyTree, drop_fraction: jax.Array) -> PyTree:
-    return map_masked(lambda m, p, g: _rigl_leaf(p, g, m, drop_fraction), masks, params, grads)
+    def update(masks, params, grads):
+        n_on = jnp.stack([jnp.sum(m, dtype=jnp.uint32) for m in masks])
+        n_drop = scaled_count(drop_fraction, n_on, ceil=True)
+        smallest_first = [~sortable_key(jnp.abs(p.astype(jnp.float32))) for p in params]
+        dropped = _select_top(smallest_first, masks, n_drop, per_leaf=True)
+        kept = [m & ~d for m, d in zip(masks, dropped)]
+        growth = [sortable_key(jnp.abs(g.astype(jnp.float32))) for g in grads]
+        grown = _select_top(growth, [~m for m in kept], n_drop, per_leaf=True)
+        return [m | g for m, g in zip(kept, grown)]
+
+    return _per_leaf(update, masks, params, grads)
 
 
 def rigl_update(params: PyTree, grads: PyTree, masks: PyTree, drop_fraction: Any) -> PyTree:
