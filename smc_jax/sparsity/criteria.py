@@ -86,8 +86,9 @@ def _select_top(
     hi = [jnp.where(v, (key >> _DIGIT_BITS).astype(jnp.int32), _NUM_BINS) for key, v in zip(keys, valid)]
     b_hi, above_hi = _pick_bins(_histograms(hi), k, per_leaf)
     lo = [
-        jnp.where(d == b_hi[i], (key & jnp.uint32(_NUM_BINS - 1)).astype(jnp.int32), _NUM_BINS)
-        for i, (key, d) in enumerate(zip(keys, hi))
+        jnp.where(v & ((key >> _DIGIT_BITS).astype(jnp.int32) == b_hi[i]),
+                  (key & jnp.uint32(_NUM_BINS - 1)).astype(jnp.int32), _NUM_BINS)
+        for i, (key, v) in enumerate(zip(keys, valid))
     ]
     hist_lo = _histograms(lo)
     b_lo, above_lo = _pick_bins(hist_lo, k - (above_hi if per_leaf else above_hi.sum(keepdims=True)), per_leaf)
@@ -108,15 +109,18 @@ def _select_top(
         return [s | (t & (take[i] > 0)) for i, (s, t) in enumerate(zip(strict, at_tau))]
     partial = (take > 0) & (take < ties)
 
-    def earliest_ties():
-        # Keep the first `take` ties by row-major position in the leaves that keep part of their ties
+    full = [a & (take[i] == ties[i]) for i, a in enumerate(at_tau)]  # leaves that keep all their ties
+
+    def with_earliest_ties():
+        # Also keep the first `take` ties by row-major position in the leaves that keep part of their ties
         # (only the boundary leaf for a global selection). One cond for the whole tree.
         candidates = [t & partial[i] for i, t in enumerate(at_tau)]
         positions = [_first_positions_key(t.shape) for t in at_tau]
-        return _select_top(positions, candidates, jnp.where(partial, take, 0), per_leaf=True, unique=True)
+        chosen = _select_top(positions, candidates, jnp.where(partial, take, 0), per_leaf=True, unique=True)
+        return [f | c for f, c in zip(full, chosen)]
 
-    chosen = lax.cond(partial.any(), earliest_ties, lambda: [jnp.zeros(t.shape, bool) for t in at_tau])
-    return [s | (a & (take[i] == ties[i])) | c for i, (s, a, c) in enumerate(zip(strict, at_tau, chosen))]
+    kept_ties = lax.cond(partial.any(), with_earliest_ties, lambda: full)
+    return [s | t for s, t in zip(strict, kept_ties)]
 
 
 def _check_count(k: int, limit: int) -> int:
