@@ -141,7 +141,30 @@ def _check_distribution(distribution: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class OMPBefore(SparseAlgorithm):
+class _GlobalMagnitude(SparseAlgorithm):
+    """One-shot global magnitude pruning of the weights ``init_masks`` is given."""
+
+    def init_masks(self, params, masks, *, key=None, grads=None):
+        return criteria.global_magnitude_masks(params, masks, self.sparsity)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Random(SparseAlgorithm):
+    """One-shot random pruning with a layer budget ``distribution``."""
+
+    distribution: str = "bernoulli"
+    erk_power_scale: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_distribution(self.distribution)
+
+    def init_masks(self, params, masks, *, key=None, grads=None):
+        return _random_init(masks, self.sparsity, key, self.distribution, self.erk_power_scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class OMPBefore(_GlobalMagnitude):
     """One-shot global magnitude pruning of the loaded weights, then static sparse training ("OMP (Before)").
 
     SMC-Bench's ``one_shot_gm`` over pretrained and freshly initialised tensors alike, which makes whole
@@ -152,12 +175,9 @@ class OMPBefore(SparseAlgorithm):
     NAME: ClassVar[str] = "omp_before"
     LABEL: ClassVar[str] = "OMP (Before)"
 
-    def init_masks(self, params, masks, *, key=None, grads=None):
-        return criteria.global_magnitude_masks(params, masks, self.sparsity)
-
 
 @dataclasses.dataclass(frozen=True)
-class RandomBefore(SparseAlgorithm):
+class RandomBefore(_Random):
     """Random pruning of the loaded weights, then static sparse training ("Random (Before)").
 
     ``distribution='bernoulli'`` (SMC-Bench): each weight kept with probability 1 − s, so per-layer counts
@@ -167,15 +187,6 @@ class RandomBefore(SparseAlgorithm):
 
     NAME: ClassVar[str] = "random_before"
     LABEL: ClassVar[str] = "Random (Before)"
-    distribution: str = "bernoulli"
-    erk_power_scale: float = 1.0
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_distribution(self.distribution)
-
-    def init_masks(self, params, masks, *, key=None, grads=None):
-        return _random_init(masks, self.sparsity, key, self.distribution, self.erk_power_scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +200,7 @@ class SNIP(SparseAlgorithm):
 
     NAME: ClassVar[str] = "snip"
     LABEL: ClassVar[str] = "SNIP (Before)"
+
     @property
     def needs_grads(self) -> bool:
         return True
@@ -198,7 +210,7 @@ class SNIP(SparseAlgorithm):
 
 
 @dataclasses.dataclass(frozen=True)
-class OMPAfter(SparseAlgorithm):
+class OMPAfter(_GlobalMagnitude):
     """Train dense, prune the trained weights by global magnitude, fine-tune again ("OMP (After)").
 
     As SMC-Bench's figures: the fine-tuning restarts from the pruned trained weights with a fresh optimizer
@@ -209,12 +221,9 @@ class OMPAfter(SparseAlgorithm):
     LABEL: ClassVar[str] = "OMP (After)"
     phase: ClassVar[str] = "after"
 
-    def init_masks(self, params, masks, *, key=None, grads=None):
-        return criteria.global_magnitude_masks(params, masks, self.sparsity)
-
 
 @dataclasses.dataclass(frozen=True)
-class RandomAfter(SparseAlgorithm):
+class RandomAfter(_Random):
     """Train dense, prune the trained weights at random, fine-tune again ("Random (After)").
 
     ``distribution`` as in :class:`RandomBefore`. (The fairseq README runs this with
@@ -224,15 +233,6 @@ class RandomAfter(SparseAlgorithm):
     NAME: ClassVar[str] = "random_after"
     LABEL: ClassVar[str] = "Random (After)"
     phase: ClassVar[str] = "after"
-    distribution: str = "bernoulli"
-    erk_power_scale: float = 1.0
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_distribution(self.distribution)
-
-    def init_masks(self, params, masks, *, key=None, grads=None):
-        return _random_init(masks, self.sparsity, key, self.distribution, self.erk_power_scale)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -123,10 +123,10 @@ def _select_top(
     return [s | t for s, t in zip(strict, kept_ties)]
 
 
-def _check_count(k: int, limit: int) -> int:
-    if limit > _MAX_COUNT:
-        raise ValueError(f"{limit} prunable weights exceed the 2**32-1 that the uint32 counters hold")
-    return int(k)
+def _check_total(n: int) -> int:
+    if n > _MAX_COUNT:
+        raise ValueError(f"{n} prunable weights exceed the 2**32-1 that the uint32 counters hold")
+    return n
 
 
 def _is_concrete(x: Any) -> bool:
@@ -187,7 +187,7 @@ def scaled_count(fraction: Any, n: Any, ceil: bool = False) -> jax.Array:
 def _keep_count(sparsity: Any, n: int) -> Any:
     """``int(n · (1 - sparsity))``: exact in float64 for a Python sparsity, exact on the float32 value
     (``n - ceil(n · s)``) for a traced one."""
-    _check_count(0, n)
+    _check_total(n)
     if _is_concrete(sparsity):
         return int(n * (1.0 - float(np.asarray(sparsity))))
     return jnp.uint32(n) - scaled_count(sparsity, n, ceil=True)
@@ -222,10 +222,11 @@ def global_topk_masks(scores: PyTree, masks: PyTree, k: Any) -> PyTree:
     Kept positions are a subset of ``masks``; ties go to the earliest positions (leaf order, row-major).
     """
     check_masks(scores, masks, what="scores")
+    n = _check_total(num_prunable(masks))
     if _is_concrete(k):
-        k = _check_count(k, num_prunable(masks))
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+        if int(k) < 0:
+            raise ValueError(f"k must be >= 0, got {int(k)}")
+        k = min(int(k), n)
     keys = map_masked(lambda m, s: sortable_key(s), masks, scores)
     return _global_select(keys, masks, jnp.asarray(k, jnp.uint32))
 
@@ -298,7 +299,16 @@ def layerwise_topk_masks(scores: PyTree, masks: PyTree, ks: PyTree) -> PyTree:
     ``ks`` is a tree like ``masks`` holding a count per prunable leaf.
     """
     check_masks(scores, masks, what="scores")
-    ks = map_masked(lambda m, k: jnp.asarray(k, jnp.uint32), masks, ks)
+    _check_total(num_prunable(masks))
+
+    def count(mask, k):
+        if not _is_concrete(k):
+            return jnp.asarray(k, jnp.uint32)
+        if int(k) < 0:
+            raise ValueError(f"k must be >= 0, got {int(k)}")
+        return jnp.uint32(min(int(k), mask.size))
+
+    ks = map_masked(count, masks, ks)
     return _layerwise_select(map_masked(lambda m, s: sortable_key(s), masks, scores), masks, ks)
 
 
