@@ -9,7 +9,7 @@ Each dataclass holds its hyperparameters as fields (change them with ``dataclass
   runs inside the step (under a ``lax.cond`` on ``is_update_step``).
 
 The multi-phase algorithms (``lth``, ``omp_after``, ``random_after``) need a training loop to drive their
-phases; they provide the pieces (prune, rewind, round sparsities) and ``smc_jax.train`` drives them.
+phases; they provide the pieces (prune, rewind, round sparsities) and the training engine drives them.
 """
 
 from __future__ import annotations

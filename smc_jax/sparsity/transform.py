@@ -10,7 +10,7 @@ Whether a step updates the masks is decided on device by a ``lax.cond`` unless t
 ``update(..., is_update_step=False)`` compiles the step without the mask update (one fused elementwise
 pass over the inner update, as cheap as the static algorithms), ``is_update_step=True`` without the cond.
 A training loop knows its step on the host, so it can compile both and pick with
-``step in algorithm.update_steps(total_steps)`` at no device cost (``smc_jax.train`` does).
+``step in algorithm.update_steps(total_steps)`` at no device cost.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from smc_jax.sparsity.algorithms import Algorithm, get_algorithm
+from smc_jax.sparsity.algorithms import Algorithm, Dense, get_algorithm
 from smc_jax.sparsity.masks import PyTree, _is_none, apply_masks, check_masks, map_masked
 
 
@@ -51,15 +51,9 @@ def _reset_regrown(inner_state: Any, params_def: Any, regrown: PyTree) -> Any:
     def is_params_like(node):
         return jax.tree.structure(node) == params_def
 
-    def reset(node):
-        if not is_params_like(node):
-            return node
-        return jax.tree.map(
-            lambda r, x: x if r is None else jnp.where(r, jnp.zeros((), x.dtype), x),
-            regrown, node, is_leaf=_is_none,
-        )
-
-    return jax.tree.map(reset, inner_state, is_leaf=is_params_like)
+    not_regrown = map_masked(lambda r: ~r, regrown)
+    return jax.tree.map(lambda node: apply_masks(node, not_regrown) if is_params_like(node) else node,
+                        inner_state, is_leaf=is_params_like)
 
 
 def sparse_optimizer(
@@ -95,7 +89,7 @@ def sparse_optimizer(
     fairseq_order = bool(getattr(algorithm, "fairseq_order", False))
     mask_gradients = bool(getattr(algorithm, "mask_gradients", False))
     reset_moments = bool(getattr(algorithm, "reset_moments", False))
-    sparse = algorithm.name != "dense"
+    sparse = not isinstance(algorithm, Dense)
 
     def init_fn(params):
         check_masks(params, initial_masks)
