@@ -1,0 +1,1 @@
+"""Task families: data, batches, loss, decoding and metrics per task (imports models, never train)."""
