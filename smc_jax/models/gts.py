@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from smc_jax.models.lstm import LSTM
+
 NEG_INF = -1e12  # the original's masked_fill value
 
 
@@ -149,3 +151,127 @@ class Merge(nn.Module):
         x = jnp.concatenate([drop(op_embedding), drop(left_tree), drop(right_tree)], axis=-1)
         return jnp.tanh(TorchDense(self.hidden, name="merge")(x)) * jax.nn.sigmoid(
             TorchDense(self.hidden, name="merge_g")(x))
+
+
+class DecoderStep(nn.Module):
+    """One teacher-forced step of the tree decoder on a batch, driven by a host-side schedule
+    (:mod:`smc_jax.models.tree_schedule`). Goal vectors and finished sub-trees live in buffers in the carry.
+    """
+
+    hidden: int
+    num_ops: int
+    num_generate: int
+    embedding_size: int
+    unk_id: int
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, carry, step, encoder_outputs, seq_mask, num_encodings, num_mask, targets,
+                 deterministic: bool = True):
+        goals, subtrees = carry  # [B, 1 + 2L, H], [B, L, H]
+        t, node_slot, left_step, merge_op, merge_sub, target, candidates = step
+        batch = targets.shape[0]
+        rows = jnp.arange(batch)
+        goal = jnp.where((node_slot >= 0)[:, None], goals[rows, jnp.maximum(node_slot, 0)], 0.0)
+        left = subtrees[rows, jnp.maximum(left_step, 0)]
+        predict = Prediction(self.hidden, self.num_ops, self.num_generate, self.dropout, name="predict")
+        num_score, op, q, context, num_embeddings = predict(
+            goal, left, left_step >= 0, encoder_outputs, seq_mask, num_encodings, num_mask, deterministic)
+        logits = jnp.concatenate([op, num_score], axis=-1)
+        # A target constant outside the vocabulary (UNK) becomes its best-scoring candidate number.
+        best = jnp.argmax(jnp.where(candidates, num_score, -jnp.inf), axis=-1)
+        target = jnp.where(target == self.unk_id, self.num_ops + best, target)
+
+        generate = GenerateNode(self.hidden, self.num_ops, self.embedding_size, self.dropout, name="generate")
+        is_op = target < self.num_ops
+        left_goal, right_goal, _ = generate(q, jnp.where(is_op, target, 0), context, deterministic)
+        goals = goals.at[:, 1 + 2 * t].set(left_goal).at[:, 2 + 2 * t].set(right_goal)
+
+        merge = Merge(self.hidden, self.dropout, name="merge")
+        op_table = nn.meta.unbox(generate.variables["params"]["embeddings"])
+        current = num_embeddings[rows, jnp.clip(target - self.num_ops, 0, num_embeddings.shape[1] - 1)]
+        for j in range(merge_op.shape[-1]):  # the cascade of sub-trees this number closes, innermost first
+            active = merge_op[:, j] >= 0
+            op_token = targets[rows, jnp.maximum(merge_op[:, j], 0)]
+            merged = merge(op_table[op_token], subtrees[rows, jnp.maximum(merge_sub[:, j], 0)], current,
+                           deterministic)
+            current = jnp.where(active[:, None], merged, current)
+        subtrees = subtrees.at[:, t].set(jnp.where(is_op[:, None], subtrees[:, t], current))
+        return (goals, subtrees), (logits, target)
+
+
+class GTS(nn.Module):
+    """GTS with learned embeddings (the GTS(S) setting): embedding -> 2-layer biLSTM -> tree decoder.
+
+    ``encode`` gives the encoder outputs (both directions summed) and the problem vector: the forward
+    output at each problem's last real token plus the backward output at its first. (The original reads the
+    forward output at the batch's last position, which is padding, hence 0, for every shorter problem in a
+    training batch; evaluation runs one problem at a time and does not see it. Fixed here.)
+    ``teacher_forced`` runs the decoder over the target prefix sequences as one ``nn.scan``.
+    """
+
+    vocab_size: int
+    num_ops: int
+    num_generate: int
+    unk_id: int
+    hidden: int = 512
+    embedding_size: int = 768
+    num_layers: int = 2
+    dropout: float = 0.5
+
+    def setup(self):
+        self.embedding = nn.Embed(
+            self.vocab_size, self.embedding_size,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")))
+        self.encoder = LSTM(self.hidden, self.num_layers, bidirectional=True, dropout=self.dropout)
+        self.em_dropout = nn.Dropout(self.dropout)
+        self.decoder = nn.scan(
+            DecoderStep, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            out_axes=1,
+        )(self.hidden, self.num_ops, self.num_generate, self.embedding_size, self.unk_id, self.dropout)
+
+    def encode(self, input_ids, lengths, deterministic: bool = True):
+        """input_ids [B, S] (0 = padding), lengths [B] -> (encoder_outputs [B, S, H], problem [B, H])."""
+        embedded = jnp.where((input_ids == 0)[..., None], 0.0, self.embedding(input_ids))  # padding_idx=0
+        outputs = self.encoder(self.em_dropout(embedded, deterministic=deterministic), lengths, deterministic)
+        forward, backward = outputs[..., : self.hidden], outputs[..., self.hidden:]
+        last = jnp.maximum(lengths - 1, 0)
+        problem = forward[jnp.arange(input_ids.shape[0]), last] + backward[:, 0]
+        return forward + backward, problem
+
+    def teacher_forced(self, batch: dict, deterministic: bool = True):
+        """Logits [B, L, ops + G + N] and the targets they are scored against (UNK resolved) [B, L].
+
+        ``batch``: input_ids, lengths, num_pos [B, N] (padded), num_count [B], targets [B, L], node_slot,
+        left_step [B, L], merge_op, merge_sub [B, L, D] (a :class:`TreeSchedule`), unk_candidates
+        [B, L, G + N] (bool: the numbers an UNK target may stand for).
+        """
+        encoder_outputs, problem = self.encode(batch["input_ids"], batch["lengths"], deterministic)
+        batch_size, steps = batch["targets"].shape
+        rows = jnp.arange(batch_size)[:, None]
+        num_encodings = encoder_outputs[rows, batch["num_pos"]]
+        num_slots = self.num_generate + batch["num_pos"].shape[1]
+        num_mask = jnp.arange(num_slots)[None] < (self.num_generate + batch["num_count"])[:, None]
+        seq_mask = jnp.arange(batch["input_ids"].shape[1])[None] < batch["lengths"][:, None]
+        goals = jnp.zeros((batch_size, 1 + 2 * steps, self.hidden), problem.dtype).at[:, 0].set(problem)
+        subtrees = jnp.zeros((batch_size, steps, self.hidden), problem.dtype)
+        swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+        xs = (jnp.arange(steps), swap(batch["node_slot"]), swap(batch["left_step"]), swap(batch["merge_op"]),
+              swap(batch["merge_sub"]), swap(batch["targets"]), swap(batch["unk_candidates"]))
+        _, (logits, targets) = self.decoder((goals, subtrees), xs, encoder_outputs, seq_mask, num_encodings,
+                                            num_mask, batch["targets"], deterministic)
+        return logits, targets
+
+    def __call__(self, batch: dict, deterministic: bool = True):
+        """The masked cross-entropy of the original: summed over target tokens, divided by their total."""
+        logits, targets = self.teacher_forced(batch, deterministic)
+        return masked_cross_entropy(logits, targets, batch["target_lengths"])
+
+
+def masked_cross_entropy(logits: jax.Array, targets: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Σ over real target tokens of −log p(target) / Σ lengths (``components/masked_cross_entropy.py``)."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    valid = jnp.arange(targets.shape[1])[None] < lengths[:, None]
+    return -jnp.sum(jnp.where(valid, picked, 0.0)) / jnp.maximum(jnp.sum(lengths), 1)
