@@ -47,6 +47,14 @@ class TorchDense(nn.Module):
         return y
 
 
+def _additive_energies(query: jax.Array, keys: jax.Array, hidden: int, score_bias: bool) -> jax.Array:
+    """``v·tanh(W[q; k])`` for every key: query [B, D], keys [B, K, H] -> [B, K]. Called inside a compact
+    method, it creates the caller's ``attn`` and ``score`` layers."""
+    energy_in = jnp.concatenate([jnp.repeat(query[:, None], keys.shape[1], axis=1), keys], axis=-1)
+    hidden_energy = jnp.tanh(TorchDense(hidden, name="attn")(energy_in))
+    return TorchDense(1, use_bias=score_bias, name="score")(hidden_energy)[..., 0]
+
+
 class TreeAttn(nn.Module):
     """Attention of a goal over the encoder outputs: softmax of ``v·tanh(W[q; h]) + b`` (masked)."""
 
@@ -55,9 +63,7 @@ class TreeAttn(nn.Module):
     @nn.compact
     def __call__(self, query: jax.Array, encoder_outputs: jax.Array, seq_mask: jax.Array) -> jax.Array:
         """query [B, H], encoder_outputs [B, S, H], seq_mask [B, S] (True = real token) -> weights [B, S]."""
-        steps = encoder_outputs.shape[1]
-        energy_in = jnp.concatenate([jnp.repeat(query[:, None], steps, axis=1), encoder_outputs], axis=-1)
-        energies = TorchDense(1, name="score")(jnp.tanh(TorchDense(self.hidden, name="attn")(energy_in)))[..., 0]
+        energies = _additive_energies(query, encoder_outputs, self.hidden, score_bias=True)
         return jax.nn.softmax(jnp.where(seq_mask, energies, NEG_INF), axis=-1)
 
 
@@ -69,10 +75,7 @@ class Score(nn.Module):
     @nn.compact
     def __call__(self, leaf: jax.Array, num_embeddings: jax.Array, num_mask: jax.Array) -> jax.Array:
         """leaf [B, 2H], num_embeddings [B, O, H], num_mask [B, O] (True = a real number) -> [B, O]."""
-        count = num_embeddings.shape[1]
-        energy_in = jnp.concatenate([jnp.repeat(leaf[:, None], count, axis=1), num_embeddings], axis=-1)
-        hidden = jnp.tanh(TorchDense(self.hidden, name="attn")(energy_in))
-        scores = TorchDense(1, use_bias=False, name="score")(hidden)[..., 0]
+        scores = _additive_energies(leaf, num_embeddings, self.hidden, score_bias=False)
         return jnp.where(num_mask, scores, NEG_INF)
 
 
