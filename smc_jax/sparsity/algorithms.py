@@ -307,13 +307,9 @@ class GMP(SparseAlgorithm):
         """``(t0, t1)``: the pruning window in steps; reporting starts at ``t1``."""
         return schedules.gmp_window(total_steps, self.begin_fraction, self.end_fraction)
 
-    def events(self, total_steps: int) -> list[int]:
-        """The steps that prune."""
-        return schedules.gmp_events(total_steps, self.update_frequency, self.begin_fraction, self.end_fraction)
-
     def _schedule(self, n: int, total_steps: int) -> tuple[list[int], np.ndarray, np.ndarray]:
         """Event steps, their scheduled sparsities and kept counts ``int(n·(1−s_t))`` (host float64)."""
-        events = self.events(total_steps)
+        events = self.update_steps(total_steps)
         t0, t1 = self.window(total_steps)
         targets = np.array([schedules.gmp_sparsity(t, self.sparsity, t0, t1) for t in events], np.float64)
         targets[np.asarray(events, np.int64) >= t1] = self.sparsity  # exactly the target at the window's end
@@ -324,7 +320,8 @@ class GMP(SparseAlgorithm):
         return {"scheduled_sparsity": jnp.zeros((), jnp.float32)}
 
     def update_steps(self, total_steps):
-        return self.events(total_steps)
+        """The steps that prune: multiples of ``update_frequency`` in the window, plus its end."""
+        return schedules.gmp_events(total_steps, self.update_frequency, self.begin_fraction, self.end_fraction)
 
     def mask_update(self, step, params, grads, masks, total_steps):
         events, _, keep = self._schedule(num_prunable(masks), total_steps)

@@ -111,12 +111,10 @@ def sparse_optimizer(
         step = state.count + 1
         old = state.masks
         inner_grads = apply_masks(grads, old) if mask_gradients else grads
-        inner_state = state.inner_state
+        updates, inner_state = inner.update(inner_grads, state.inner_state, params, **extra)
         if not sparse:
-            updates, inner_state = inner.update(inner_grads, inner_state, params, **extra)
             return updates, SparseState(step, old, inner_state, state.algorithm_state)
 
-        updates, inner_state = inner.update(inner_grads, inner_state, params, **extra)
         dynamic = algorithm.dynamic and is_update_step is not False
         if not dynamic:
             out, new = _masked_step(params, updates, old), old
@@ -132,7 +130,7 @@ def sparse_optimizer(
             # (Forming the arithmetic order's result from p' itself keeps XLA from copying the moments.)
             out = _masked_step(params, updates, new, None if fairseq_order else seen)
         algorithm_state = algorithm.next_state(step, state.algorithm_state, total_steps)
-        if reset_moments and algorithm.dynamic:
+        if reset_moments and dynamic:
             regrown = map_masked(lambda a, b: b & ~a, old, new)
             inner_state = _reset_regrown(inner_state, jax.tree.structure(params), regrown)
         return out, SparseState(step, new, inner_state, algorithm_state)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
+import functools
 import hashlib
 import operator
 import os
@@ -31,7 +32,7 @@ DATASETS = {"mawps": ("cv_mawps", True), "asdiv": ("cv_asdiv-a", True), "svamp":
 NUM_FOLDS = 5
 
 DOWNLOAD_URL = "https://raw.githubusercontent.com/arkilpatel/SVAMP/main/data"
-CACHE_DIR = Path(os.environ.get("SMC_CACHE_DIR", Path.home() / ".cache" / "smc_jax"))
+CACHE_DIR = Path.home() / ".cache" / "smc_jax"  # $SMC_CACHE_DIR overrides it
 SHA256 = {  # ../shared/data/arithmetic/SOURCE.md: byte-for-byte copies of the SVAMP repository's files
     "cv_asdiv-a/fold0/dev.csv": "0813a90f336147b1229a6d1d133c29f7e585cb27cafd651976bb94449a4b81c0",
     "cv_asdiv-a/fold0/train.csv": "5c711c9150712141bfde68abf5ee4aecb610563325901320aef41e1e5ecf6c84",
@@ -194,11 +195,11 @@ class Vocab:
     generate_nums: tuple[str, ...]
     copy_nums: int
 
-    @property
+    @functools.cached_property
     def input_index(self) -> dict[str, int]:
         return {w: i for i, w in enumerate(self.input_words)}
 
-    @property
+    @functools.cached_property
     def output_index(self) -> dict[str, int]:
         return {w: i for i, w in enumerate(self.output_words)}
 
