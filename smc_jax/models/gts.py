@@ -15,6 +15,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from smc_jax.models.lstm import LSTM
 
@@ -210,7 +211,8 @@ class GTS(nn.Module):
     output at each problem's last real token plus the backward output at its first. (The original reads the
     forward output at the batch's last position, which is padding, hence 0, for every shorter problem in a
     training batch; evaluation runs one problem at a time and does not see it. Fixed here.)
-    ``teacher_forced`` runs the decoder over the target prefix sequences as one ``nn.scan``.
+    ``teacher_forced`` runs the decoder over the target prefix sequences as one ``nn.scan``; ``beam_search``
+    decodes like the original's ``evaluate_tree``, batched.
     """
 
     vocab_size: int
@@ -265,6 +267,123 @@ class GTS(nn.Module):
         _, (logits, targets) = self.decoder((goals, subtrees), xs, encoder_outputs, seq_mask, num_encodings,
                                             num_mask, batch["targets"], deterministic)
         return logits, targets
+
+    def beam_search(self, batch: dict, beam_size: int = 5, max_length: int = 45) -> dict:
+        """The original ``evaluate_tree`` beam search, batched over problems and beams (deterministic).
+
+        ``batch``: input_ids [B, S] (0 = padding), lengths [B], num_pos [B, N] (padded), num_count [B].
+        ``beam_size`` and ``max_length`` are static. Each example's (beam × token) candidates are ranked with
+        one ``lax.top_k``; a finished beam is its own single candidate. Goal vectors and sub-tree embeddings
+        live in per-beam stacks with depth pointers; steps run in a ``lax.while_loop`` that stops at
+        ``max_length`` or once every beam is finished. Returns the best beam's ``tokens`` [B, max_length]
+        (-1 after its end; ids as in ``teacher_forced``'s logits), ``length`` [B], ``score`` [B] (summed
+        log-probability) and ``steps`` [B] (decoder steps the whole batch ran, the same in every row).
+        """
+        k, steps_max, hidden = beam_size, max_length, self.hidden
+        encoder_outputs, problem = self.encode(batch["input_ids"], batch["lengths"], deterministic=True)
+        dec = nn.meta.unbox(self.variables["params"]["decoder"])
+        predict = Prediction(self.hidden, self.num_ops, self.num_generate, self.dropout, parent=None)
+        generate = GenerateNode(self.hidden, self.num_ops, self.embedding_size, self.dropout, parent=None)
+        merge = Merge(self.hidden, self.dropout, parent=None)
+        op_table = dec["generate"]["embeddings"]
+
+        batch_size = batch["input_ids"].shape[0]
+        rows = jnp.arange(batch_size * k)
+        num_slots = self.num_generate + batch["num_pos"].shape[1]
+        vocab = self.num_ops + num_slots
+        tile = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B, ...] -> [B·K, ...], beams of a problem adjacent
+        num_encodings = tile(encoder_outputs[jnp.arange(batch_size)[:, None], batch["num_pos"]])
+        real = tile(self.num_generate + batch["num_count"])[:, None]
+        num_mask = jnp.arange(num_slots)[None] < real
+        token_ok = jnp.arange(vocab)[None] < self.num_ops + real  # padded number slots are never candidates
+        seq_mask = tile(jnp.arange(batch["input_ids"].shape[1])[None] < batch["lengths"][:, None])
+        encoder_outputs = tile(encoder_outputs)
+
+        first = rows % k == 0  # at t = 0 only beam 0 exists; the others are dead (score -inf, finished)
+        state = dict(
+            goals=jnp.zeros((rows.size, steps_max + 1, hidden), problem.dtype).at[:, 0].set(tile(problem)),
+            goal_ptr=jnp.ones(rows.size, jnp.int32),  # goal stack depth; the root goal is the problem vector
+            trees=jnp.zeros((rows.size, steps_max, hidden), problem.dtype),  # embedding stack: sub-trees ...
+            tree_ops=jnp.zeros((rows.size, steps_max), jnp.int32),  # ... or operator ids (non-terminal)
+            terminal=jnp.zeros((rows.size, steps_max), bool),
+            tree_ptr=jnp.zeros(rows.size, jnp.int32),
+            tokens=jnp.full((rows.size, steps_max), -1, jnp.int32),
+            length=jnp.zeros(rows.size, jnp.int32),
+            finished=~first,
+        )
+        scores = jnp.where(first, 0.0, -jnp.inf).astype(jnp.float32)
+
+        def top_tree(s):
+            top = jnp.maximum(s["tree_ptr"] - 1, 0)
+            return top, (s["tree_ptr"] > 0) & s["terminal"][rows, top]
+
+        def step(carry):
+            t, s, scores = carry
+            top, has_left = top_tree(s)
+            goal = s["goals"][rows, jnp.maximum(s["goal_ptr"] - 1, 0)]
+            num_score, op, q, context, num_embeddings = predict.apply(
+                {"params": dec["predict"]}, goal, s["trees"][rows, top], has_left, encoder_outputs, seq_mask,
+                num_encodings, num_mask)
+            log_probs = jax.nn.log_softmax(jnp.concatenate([op, num_score], axis=-1).astype(jnp.float32), axis=-1)
+            candidates = jnp.where(token_ok, scores[:, None] + log_probs, -jnp.inf)
+            carried = jnp.where(jnp.arange(vocab)[None] == 0, scores[:, None], -jnp.inf)
+            candidates = jnp.where(s["finished"][:, None], carried, candidates)
+            new_scores, best = lax.top_k(candidates.reshape(batch_size, k * vocab), k)
+            parent = (best // vocab + jnp.arange(batch_size)[:, None] * k).reshape(-1)
+            token = (best % vocab).reshape(-1).astype(jnp.int32)
+            new_scores = new_scores.reshape(-1)
+            prev = jax.tree.map(lambda x: x[parent], s)  # reorder the beams
+            q, context = q[parent], context[parent]
+            live = ~prev["finished"] & jnp.isfinite(new_scores)
+            is_op = live & (token < self.num_ops)
+            is_num = live & (token >= self.num_ops)
+
+            # Operator: pop the goal, push its right then left child goal and the operator (non-terminal).
+            goal_ptr = prev["goal_ptr"] - live
+            left_goal, right_goal, _ = generate.apply({"params": dec["generate"]}, q, jnp.where(is_op, token, 0),
+                                                      context)
+            goals = prev["goals"]
+            goals = goals.at[rows, goal_ptr].set(jnp.where(is_op[:, None], right_goal, goals[rows, goal_ptr]))
+            goals = goals.at[rows, goal_ptr + 1].set(jnp.where(is_op[:, None], left_goal, goals[rows, goal_ptr + 1]))
+            goal_ptr = goal_ptr + 2 * is_op
+
+            # Number: merge with (operator, finished left sub-tree) pairs while a terminal tops the stack.
+            def must_merge(ptr):
+                return is_num & (ptr >= 2) & prev["terminal"][rows, jnp.maximum(ptr - 1, 0)]
+
+            def merge_once(c):
+                current, ptr = c
+                active = must_merge(ptr)
+                sub = prev["trees"][rows, jnp.maximum(ptr - 1, 0)]
+                op_embedding = op_table[prev["tree_ops"][rows, jnp.maximum(ptr - 2, 0)]]
+                merged = merge.apply({"params": dec["merge"]}, op_embedding, sub, current)
+                return jnp.where(active[:, None], merged, current), ptr - 2 * active
+
+            current = num_embeddings[rows, jnp.clip(token - self.num_ops, 0, num_slots - 1)]
+            current, tree_ptr = lax.while_loop(lambda c: jnp.any(must_merge(c[1])), merge_once,
+                                               (current, prev["tree_ptr"]))
+            keep = lambda x, new, mask: x.at[rows, tree_ptr].set(  # noqa: E731
+                jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 2)), new, x[rows, tree_ptr]))
+            s = dict(
+                goals=goals, goal_ptr=goal_ptr,
+                trees=keep(prev["trees"], current, is_num),
+                tree_ops=keep(prev["tree_ops"], token, is_op),
+                terminal=keep(prev["terminal"], is_num, live),
+                tree_ptr=tree_ptr + live,
+                tokens=prev["tokens"].at[:, t].set(jnp.where(live, token, prev["tokens"][:, t])),
+                length=prev["length"] + live,
+                finished=prev["finished"] | ~jnp.isfinite(new_scores) | (live & (goal_ptr == 0)),
+            )
+            return t + 1, s, new_scores
+
+        def running(carry):
+            t, s, _ = carry
+            return (t < steps_max) & ~jnp.all(s["finished"])
+
+        t, state, scores = lax.while_loop(running, step, (jnp.int32(0), state, scores))
+        best = jnp.arange(batch_size) * k  # top_k sorts each example's beams by score
+        return dict(tokens=state["tokens"][best], length=state["length"][best], score=scores[best],
+                    steps=jnp.full(batch_size, t, jnp.int32))
 
     def __call__(self, batch: dict, deterministic: bool = True):
         """The masked cross-entropy of the original: summed over target tokens, divided by their total."""

@@ -1,0 +1,275 @@
+"""The arithmetic-reasoning task as the training engine sees it: GTS(S) on MAWPS, ASDiv-A or SVAMP.
+
+:class:`ArithmeticTask` loads one train/dev pair (one fold of a cross-validated dataset), builds the
+vocabularies and the GTS model, and gives the engine what it needs: initial params, the shuffled padded
+batches of each epoch, the loss, the optimizer of SPEC §1.2 (Adam with L2 added to the gradients, the
+embedding in its own group at ``emb_lr``, ``StepLR`` per epoch), and the beam-search evaluation scored
+with the SVAMP rules (value and equation accuracy). Data and scoring live in
+:mod:`smc_jax.tasks.arithmetic`, the network in :mod:`smc_jax.models.gts`.
+
+Batches are padded to bucket lengths (inputs, targets) and to a fixed batch size, so the train step
+compiles once per bucket pair; padded rows have target length 0 and weigh nothing in the loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from smc_jax.models.gts import GTS
+from smc_jax.models.tree_schedule import batch_schedule, example_schedule
+from smc_jax.tasks import arithmetic as data
+
+PyTree = Any
+
+
+def bucket(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket ``>= n``; past the last bucket, ``n`` rounded up to a multiple of it."""
+    for b in sorted(buckets):
+        if n <= b:
+            return int(b)
+    last = int(max(buckets))
+    return -(-n // last) * last
+
+
+def unk_candidates(example: data.Encoded, unk_id: int, num_generate: int, length: int, slots: int) -> np.ndarray:
+    """``[length, slots]`` bool: for each UNK target step, the number slots (``G + i``) it may stand for,
+    taken from ``num_stack`` in target order (the original pops the reversed stack)."""
+    out = np.zeros((length, slots), bool)
+    pending = list(example.num_stack)
+    for t, token in enumerate(example.target_ids[:length]):
+        if token == unk_id and pending:
+            out[t, [num_generate + i for i in pending.pop()]] = True
+    return out
+
+
+def make_batch(examples: Sequence[data.Encoded], vocab: data.Vocab, batch_size: int, input_length: int,
+               target_length: int, merge_depth: int) -> dict[str, np.ndarray]:
+    """One padded batch (numpy) in the layout of :meth:`GTS.teacher_forced`; rows past ``len(examples)``
+    repeat the first example with target length 0 (no loss)."""
+    if not examples or len(examples) > batch_size:
+        raise ValueError(f"a batch holds 1..{batch_size} examples, got {len(examples)}")
+    rows = list(examples) + [examples[0]] * (batch_size - len(examples))
+    real = np.arange(batch_size) < len(examples)
+    slots = vocab.copy_nums
+    num_generate = len(vocab.generate_nums)
+    unk = vocab.output_index["UNK"]
+    input_ids = np.zeros((batch_size, input_length), np.int32)
+    num_pos = np.zeros((batch_size, slots), np.int32)
+    targets = np.zeros((batch_size, target_length), np.int32)
+    candidates = np.zeros((batch_size, target_length, num_generate + slots), bool)
+    for b, e in enumerate(rows):
+        input_ids[b, : len(e.input_ids)] = e.input_ids
+        num_pos[b, : len(e.num_pos)] = e.num_pos
+        targets[b, : len(e.target_ids)] = e.target_ids
+        candidates[b] = unk_candidates(e, unk, num_generate, target_length, num_generate + slots)
+    schedule = batch_schedule([e.target_ids for e in rows], vocab.num_start, target_length)
+    pad = merge_depth - schedule.merge_op.shape[-1]
+    if pad < 0:
+        raise ValueError(f"merge depth {schedule.merge_op.shape[-1]} exceeds the batch layout's {merge_depth}")
+    widen = lambda x: np.pad(x, ((0, 0), (0, 0), (0, pad)), constant_values=-1)  # noqa: E731
+    return {
+        "input_ids": input_ids,
+        "lengths": np.array([len(e.input_ids) for e in rows], np.int32),
+        "num_pos": num_pos,
+        "num_count": np.array([len(e.num_pos) for e in rows], np.int32),
+        "targets": targets,
+        "target_lengths": np.where(real, [len(e.target_ids) for e in rows], 0).astype(np.int32),
+        "node_slot": schedule.node_slot, "left_step": schedule.left_step,
+        "merge_op": widen(schedule.merge_op), "merge_sub": widen(schedule.merge_sub),
+        "unk_candidates": candidates,
+    }
+
+
+def _path_group(path: tuple, embedding_key: str) -> str:
+    return "embedding" if getattr(path[0], "key", None) == embedding_key else "model"
+
+
+@dataclasses.dataclass
+class ArithmeticTask:
+    """GTS on one arithmetic dataset (and fold). Every field is a gin knob (``ArithmeticTask.NAME``).
+
+    - ``dataset``: ``mawps`` | ``asdiv`` | ``svamp``; ``fold``: 0–4 for the cross-validated two, ``None``
+      for ``svamp`` (``'all'`` is expanded by the engine); ``data_dir``: see ``resolve_data_dir``.
+    - ``pretrained``: ``None`` = learned embeddings (GTS(S)); pretrained encoders are not wired yet.
+    - ``batch_size`` (SPEC: 4 for CV datasets, 8 for SVAMP), ``max_train_examples`` /
+      ``max_eval_examples`` (first N rows; ``None`` = all).
+    - model: ``hidden`` 512, ``embedding_size`` 768, ``num_layers`` 2, ``dropout`` 0.5.
+    - optimizer: ``lr`` 1e-3, ``emb_lr`` 8e-6 (embedding group), ``weight_decay`` 1e-5 (Adam L2, added to
+      the gradient), ``lr_step_epochs`` 20 and ``lr_gamma`` 0.5 (``StepLR`` per epoch).
+    - decoding: ``beam_size`` 5, ``max_output_length`` 45, ``eval_batch_size`` problems per jitted call.
+    - padding: ``input_buckets``, ``target_buckets`` (lengths a batch is padded to).
+    """
+
+    dataset: str = "mawps"
+    fold: int | None = 0
+    data_dir: str | None = None
+    pretrained: str | None = None
+    batch_size: int = 4
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    hidden: int = 512
+    embedding_size: int = 768
+    num_layers: int = 2
+    dropout: float = 0.5
+    lr: float = 1e-3
+    emb_lr: float = 8e-6
+    weight_decay: float = 1e-5
+    lr_step_epochs: int = 20
+    lr_gamma: float = 0.5
+    beam_size: int = 5
+    max_output_length: int = 45
+    eval_batch_size: int = 128
+    input_buckets: tuple[int, ...] = (32, 48, 64, 96, 128)
+    target_buckets: tuple[int, ...] = (8, 16, 32, 48)
+
+    model_name = "gts"
+    metric = "value_accuracy"
+    metrics = ("value_accuracy", "equation_accuracy")
+
+    def __post_init__(self):
+        if self.pretrained is not None:
+            raise ValueError(
+                f"PRETRAINED={self.pretrained!r}: pretrained encoders for GTS are not wired yet; use PRETRAINED=None "
+                "(learned embeddings, the GTS(S) setting)")
+        for field in ("batch_size", "hidden", "embedding_size", "num_layers", "beam_size", "max_output_length",
+                      "eval_batch_size", "lr_step_epochs"):
+            if int(getattr(self, field)) < 1:
+                raise ValueError(f"ArithmeticTask.{field} must be >= 1, got {getattr(self, field)}")
+        for field in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, field)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{field.upper()} must be None or >= 1, got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ArithmeticTask.dropout must be in [0, 1), got {self.dropout}")
+        root = data.resolve_data_dir(self.data_dir, self.dataset)
+        train = data.load_problems(data.split_path(root, self.dataset, self.fold, "train"))
+        dev = data.load_problems(data.split_path(root, self.dataset, self.fold, "dev"))
+        self.vocab = data.build_vocab(train, dev)  # over the whole files, so subsets share one vocabulary
+        train, dev = train[: self.max_train_examples], dev[: self.max_eval_examples]
+        self.train = [data.encode(p, self.vocab) for p in train]
+        self.dev = [data.encode(p, self.vocab) for p in dev]
+        self.merge_depth = max([1] + [len(c) for e in self.train
+                                      for c in example_schedule(e.target_ids, self.vocab.num_start)[2]])
+        self.model = GTS(
+            vocab_size=len(self.vocab.input_words), num_ops=self.vocab.num_start,
+            num_generate=len(self.vocab.generate_nums), unk_id=self.vocab.output_index["UNK"],
+            hidden=self.hidden, embedding_size=self.embedding_size, num_layers=self.num_layers,
+            dropout=self.dropout)
+
+    # ------------------------------------------------------------------ what the engine reads
+    @classmethod
+    def folds(cls, dataset: str = "mawps") -> int | None:
+        """How many folds ``FOLD='all'`` expands to; ``None`` for single-split datasets."""
+        return data.NUM_FOLDS if data.DATASETS[dataset][1] else None
+
+    @property
+    def name(self) -> str:
+        return self.dataset
+
+    @property
+    def num_eval(self) -> int:
+        return len(self.dev)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train) // self.batch_size)
+
+    def config(self) -> dict[str, Any]:
+        """The settings that decide a dense run's result (the dense-workdir hash reads them)."""
+        skip = {"data_dir", "eval_batch_size"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+
+    def describe(self) -> str:
+        fold = "" if self.fold is None else f" fold {self.fold}"
+        return (f"{self.dataset}{fold}: {len(self.train)} train / {len(self.dev)} dev problems, "
+                f"{len(self.vocab.input_words)} words, {len(self.vocab.output_words)} output tokens")
+
+    # ------------------------------------------------------------------ batches
+    def _batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        examples = [self.train[i] for i in indices]
+        return make_batch(examples, self.vocab, self.batch_size,
+                          bucket(max(len(e.input_ids) for e in examples), self.input_buckets),
+                          bucket(max(len(e.target_ids) for e in examples), self.target_buckets),
+                          self.merge_depth)
+
+    def train_batches(self, seed: int, epoch: int) -> list[dict[str, np.ndarray]]:
+        """The padded batches of epoch ``epoch``, in order (SPEC §1.2 step 6; same for a resumed run)."""
+        lengths = [len(e.input_ids) for e in self.train]
+        return [self._batch(b) for b in data.epoch_batches(len(self.train), self.batch_size, seed, epoch, lengths)]
+
+    def snip_batch(self, seed: int) -> dict[str, np.ndarray]:
+        """SNIP's batch: the first batch of a separately shuffled batch list (SPEC §2.5)."""
+        lengths = [len(e.input_ids) for e in self.train]
+        return self._batch(data.epoch_batches(len(self.train), self.batch_size, seed, 2**31 - 1, lengths)[0])
+
+    # ------------------------------------------------------------------ model
+    def init_params(self, key: jax.Array) -> PyTree:
+        batch = self._batch(range(min(self.batch_size, len(self.train))))
+        return nn.meta.unbox(self.model.init(key, jax.tree.map(jnp.asarray, batch)))["params"]
+
+    def loss(self, params: PyTree, batch: dict[str, jax.Array], key: jax.Array | None = None) -> jax.Array:
+        """Masked cross-entropy with dropout on (``key``) or off (``None``)."""
+        if key is None:
+            return self.model.apply({"params": params}, batch)
+        return self.model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": key})
+
+    def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
+        """Adam with L2 (added to the gradient) in two groups, each with StepLR by epoch (SPEC §1.2)."""
+
+        def group(lr: float) -> optax.GradientTransformation:
+            def schedule(count):
+                return lr * self.lr_gamma ** ((count // steps_per_epoch) // self.lr_step_epochs)
+
+            return optax.chain(optax.add_decayed_weights(self.weight_decay), optax.scale_by_adam(),
+                               optax.scale_by_learning_rate(schedule))
+
+        def labels(params):
+            return jax.tree_util.tree_map_with_path(lambda path, _: _path_group(path, "embedding"), params)
+
+        return optax.multi_transform({"embedding": group(self.emb_lr), "model": group(self.lr)}, labels)
+
+    # ------------------------------------------------------------------ evaluation
+    @functools.cached_property
+    def _decode(self):
+        return jax.jit(functools.partial(self.model.apply, method=GTS.beam_search, beam_size=self.beam_size,
+                                         max_length=self.max_output_length))
+
+    def eval_batches(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """``(count, batch)`` chunks of the dev set, each padded to ``eval_batch_size`` rows and one length."""
+        size = min(self.eval_batch_size, len(self.dev))
+        length = bucket(max(len(e.input_ids) for e in self.dev), self.input_buckets)
+        out = []
+        for start in range(0, len(self.dev), size):
+            chunk = self.dev[start:start + size]
+            rows = chunk + [chunk[0]] * (size - len(chunk))
+            input_ids = np.zeros((size, length), np.int32)
+            num_pos = np.zeros((size, self.vocab.copy_nums), np.int32)
+            for b, e in enumerate(rows):
+                input_ids[b, : len(e.input_ids)] = e.input_ids
+                num_pos[b, : len(e.num_pos)] = e.num_pos
+            out.append((len(chunk), {
+                "input_ids": input_ids, "lengths": np.array([len(e.input_ids) for e in rows], np.int32),
+                "num_pos": num_pos, "num_count": np.array([len(e.num_pos) for e in rows], np.int32)}))
+        return out
+
+    def predict(self, params: PyTree) -> list[list[int]]:
+        """Beam-search token ids of every dev problem (one jitted call per chunk, all dispatched first)."""
+        pending = [(count, self._decode({"params": params}, batch)) for count, batch in self.eval_batches()]
+        predictions = []
+        for count, out in pending:
+            tokens, lengths = jax.device_get((out["tokens"], out["length"]))
+            predictions += [list(map(int, tokens[i, : lengths[i]])) for i in range(count)]
+        return predictions
+
+    def evaluate(self, params: PyTree) -> dict[str, float]:
+        """Value and equation accuracy (%) on the dev split, with ``num_eval`` and the correct counts."""
+        return data.accuracy(self.predict(params), self.dev, self.vocab)

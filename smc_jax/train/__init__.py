@@ -1,0 +1,1 @@
+"""smc_jax.train: the training engine (train loop, checkpoints)."""

@@ -1,0 +1,217 @@
+"""Experiments as DESIGN.md names them, built from :func:`smc_jax.train.trainer.fit`.
+
+- Before / During algorithms (``dense``, ``omp_before``, ``random_before``, ``snip``, ``gmp``, ``rigl``,
+  ``snip_rigl``, ``omp_rigl``): initial params → masks → one run.
+- ``omp_after`` / ``random_after``: the dense run at ``dense_workdir`` (trained there first when it has no
+  ``summary.json``, never twice), its best-epoch params pruned, then a full fresh run from them.
+- ``lth``: round 0 is that dense run; round k prunes 20% of the survivors of round k−1's best-epoch
+  params, rewinds the survivors to *this fold's own* initial weights (the original rewinds every fold to
+  fold 4's decoder, SPEC Q-A7) and trains; ``round_k/summary.json`` each, the last copied to the top.
+- ``fold='all'``: every fold as ``fold_k/`` plus ``cv_summary.json`` (micro-average over ``num_eval``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from smc_jax import sparsity as sp
+from smc_jax.train.checkpoints import RunCheckpoints
+from smc_jax.train.trainer import MaskRules, TrainConfig, fit, write_json
+
+PAPER_SPARSITIES = (0.2, 0.36, 0.488, 0.59, 0.672, 0.738, 0.791, 0.8325, 0.866, 0.893)
+
+
+def sparsity_label(sparsity: float) -> float:
+    """The paper's grid value within 0.001 of ``sparsity`` (LTH round 7: 0.7903 → 0.791), else rounded."""
+    near = min(PAPER_SPARSITIES, key=lambda s: abs(s - sparsity))
+    return near if abs(near - sparsity) <= 1e-3 else round(float(sparsity), 4)
+
+
+@dataclasses.dataclass
+class Experiment:
+    """One experiment (gin: ``Experiment.*``): a task factory, an algorithm and where to write.
+
+    ``task`` is called as ``task()`` (or ``task(fold=k)`` for ``fold='all'``); ``workdir`` ``None`` names
+    ``runs/<task>_<algorithm>_s<sparsity>_seed<seed>[_fold<k>]``; ``dense_workdir`` ``None`` names a sibling
+    from the task, model, pretrained, seed, fold and a hash of the dense run's settings.
+    """
+
+    task: Callable[..., Any]
+    algorithm: sp.Algorithm
+    seed: int = 6174
+    num_epochs: int = 50
+    workdir: str | None = None
+    dense_workdir: str | None = None
+    fold: int | str | None = 0
+    mask_rules: MaskRules = MaskRules()
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        if not isinstance(self.algorithm, sp.Algorithm):
+            raise ValueError(f"Experiment.algorithm must be an algorithm (e.g. @RigL()), got {self.algorithm!r}")
+        if int(self.num_epochs) < 1:
+            raise ValueError(f"NUM_EPOCHS must be >= 1, got {self.num_epochs}")
+
+
+def _keys(seed: int) -> dict[str, jax.Array]:
+    base = jax.random.key(int(seed))
+    return {"init": jax.random.fold_in(base, 0), "masks": jax.random.fold_in(base, 1), "snip": jax.random.fold_in(base, 3)}
+
+
+def default_workdir(task: Any, algorithm: sp.Algorithm, seed: int) -> Path:
+    sparse = "" if isinstance(algorithm, sp.Dense) else f"_s{getattr(algorithm, 'sparsity', 0.0):g}"
+    fold = "" if task.fold is None else f"_fold{task.fold}"
+    return Path("runs") / f"{task.name}_{algorithm.name}{sparse}_seed{seed}{fold}"
+
+
+def default_dense_workdir(task: Any, workdir: Path, seed: int, num_epochs: int) -> Path:
+    settings = json.dumps({"task": task.config(), "num_epochs": int(num_epochs)}, sort_keys=True, default=str)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
+    fold = "" if task.fold is None else f"_fold{task.fold}"
+    pretrained = task.pretrained.replace("/", "-") if task.pretrained else "learned"
+    return workdir.parent / f"dense_{task.name}_{task.model_name}_{pretrained}_seed{seed}{fold}_{digest}"
+
+
+def _read_summary(workdir: Path) -> dict | None:
+    path = workdir / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _best(workdir: Path, params: Any, masks: Any) -> tuple[Any, Any]:
+    """The best-epoch params and masks of a finished run."""
+    restored = RunCheckpoints(workdir / "checkpoints").restore_best({"params": params, "masks": masks})
+    if restored is None:
+        raise ValueError(f"{workdir} has a summary.json but no best checkpoint; delete the folder to retrain it")
+    tree, _ = restored
+    return tree["params"], tree["masks"]
+
+
+def _log(task: Any, text: str) -> None:
+    print(f"[{task.name}{'' if task.fold is None else f' fold {task.fold}'}] {text}", flush=True)
+
+
+def ensure_dense(exp: Experiment, task: Any, dense_workdir: Path) -> tuple[Any, Any, dict]:
+    """The dense run's initial params, best-epoch params and summary; trains it first if needed."""
+    keys = _keys(exp.seed)
+    initial = task.init_params(keys["init"])
+    dense = sp.Dense()
+    masks = exp.mask_rules.masks(initial, dense.name)
+    summary = _read_summary(dense_workdir)
+    if summary is None:
+        _log(task, f"training the dense run first, in {dense_workdir}")
+        summary = fit(task, dense, dense_workdir, seed=exp.seed, num_epochs=exp.num_epochs, params=initial,
+                      masks=masks, config=exp.train, report={"sparsity_label": 0.0})
+    else:
+        _log(task, f"reusing the dense run in {dense_workdir} (reported {summary['reported']:.2f})")
+    best, _ = _best(dense_workdir, initial, masks)
+    return initial, best, summary
+
+
+def run_single(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path | None) -> dict:
+    """One fold (or a single-split dataset): the pipeline of ``exp.algorithm``; returns its summary."""
+    done = _read_summary(workdir)
+    if done is not None and not isinstance(exp.algorithm, sp.LTH):
+        _log(task, f"{workdir} is complete (summary.json exists); nothing to do")
+        return done
+    algorithm, keys = exp.algorithm, _keys(exp.seed)
+    if dense_workdir is None:
+        dense_workdir = default_dense_workdir(task, workdir, exp.seed, exp.num_epochs)
+    if isinstance(algorithm, sp.LTH):
+        return _run_lth(exp, task, workdir, dense_workdir)
+    label = {"sparsity_label": sparsity_label(getattr(algorithm, "sparsity", 0.0))}
+    if algorithm.phase == "after":
+        _, start, _ = ensure_dense(exp, task, dense_workdir)
+        label["dense_workdir"] = str(dense_workdir)
+    else:
+        start = task.init_params(keys["init"])
+    prunable = exp.mask_rules.masks(start, algorithm.name)
+    grads = None
+    if algorithm.needs_grads:
+        batch = jax.tree.map(jax.numpy.asarray, task.snip_batch(exp.seed))
+        grads = jax.jit(jax.grad(task.loss))(start, batch, keys["snip"])
+    masks = algorithm.init_masks(start, prunable, key=keys["masks"], grads=grads)
+    return fit(task, algorithm, workdir, seed=exp.seed, num_epochs=exp.num_epochs,
+               params=sp.apply_masks(start, masks), masks=masks, config=exp.train, report=label)
+
+
+def _run_lth(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path) -> dict:
+    algorithm: sp.LTH = exp.algorithm  # type: ignore[assignment]
+    initial, trained, _ = ensure_dense(exp, task, dense_workdir)
+    masks = exp.mask_rules.masks(initial, algorithm.name)
+    summary = None
+    for k in range(1, algorithm.num_rounds() + 1):
+        round_dir = workdir / f"round_{k}"
+        target = algorithm.round_sparsity(k)
+        summary = _read_summary(round_dir)
+        if summary is None:
+            masks = algorithm.prune(trained, masks, k)
+            _log(task, f"LTH round {k}/{algorithm.num_rounds()}: sparsity {target:.4f}, rewound to the initial weights")
+            summary = fit(task, algorithm, round_dir, seed=exp.seed, num_epochs=exp.num_epochs,
+                          params=algorithm.start_params(initial, trained, masks), masks=masks, config=exp.train,
+                          target_sparsity=target,
+                          report={"sparsity_label": sparsity_label(target), "round": k,
+                                  "dense_workdir": str(dense_workdir)})
+        trained, masks = _best(round_dir, initial, masks)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "summary.json", summary)
+    return summary
+
+
+def cv_summary(folds: list[dict]) -> dict:
+    """``summary.json`` keys with ``fold: 'all'``, ``reported`` and ``best``/``final`` metrics
+    micro-averaged over ``num_eval`` (SPEC §1.2), ``num_eval`` summed and the fold summaries under ``folds``."""
+    n = sum(f["num_eval"] for f in folds)
+
+    def average(key: str) -> dict:
+        return {m: sum(f[key][m] * f["num_eval"] for f in folds) / n for m in folds[0][key]
+                if isinstance(folds[0][key][m], float)}
+
+    first = folds[0]
+    per_leaf = {k: sum(f["per_leaf_sparsity"][k] for f in folds) / len(folds) for k in first["per_leaf_sparsity"]}
+    return {**first, "fold": "all", "num_eval": n,
+            "reported": sum(f["reported"] * f["num_eval"] for f in folds) / n,
+            "best": average("best"), "final": average("final"),
+            "best_step": None, "actual_sparsity": sum(f["actual_sparsity"] for f in folds) / len(folds),
+            "wall_time_s": sum(f["wall_time_s"] for f in folds), "per_leaf_sparsity": per_leaf, "folds": folds}
+
+
+def run_experiment(exp: Experiment, config_text: str | None = None) -> dict:
+    """Run ``exp`` (all folds when ``fold='all'``); returns the summary (or the CV summary).
+    ``config_text`` (the gin config) is written to the top workdir as ``config.gin``."""
+    if exp.fold == "all":
+        probe = exp.task(fold=0)
+        num_folds = type(probe).folds(probe.name)
+        if num_folds is None:
+            raise ValueError(f"FOLD='all' needs a cross-validated dataset; {probe.name} has a single split")
+        top = Path(exp.workdir) if exp.workdir else default_workdir(probe, exp.algorithm, exp.seed).with_name(
+            default_workdir(probe, exp.algorithm, exp.seed).name.replace("_fold0", "_foldall"))
+        if config_text is not None:
+            copy_config(config_text, top)
+        folds = []
+        for k in range(num_folds):
+            task = probe if k == 0 else exp.task(fold=k)
+            dense = Path(exp.dense_workdir) / f"fold_{k}" if exp.dense_workdir else None
+            folds.append(run_single(exp, task, top / f"fold_{k}", dense))
+        summary = cv_summary(folds)
+        write_json(top / "cv_summary.json", summary)
+        _log(probe, f"cross-validated {summary['metric']}: {summary['reported']:.2f} over {summary['num_eval']} problems")
+        return summary
+    task = exp.task(fold=exp.fold)
+    workdir = Path(exp.workdir) if exp.workdir else default_workdir(task, exp.algorithm, exp.seed)
+    if config_text is not None:
+        copy_config(config_text, workdir)
+    return run_single(exp, task, workdir, Path(exp.dense_workdir) if exp.dense_workdir else None)
+
+
+def copy_config(text: str, workdir: Path) -> None:
+    """Write the operative gin config of a run to ``workdir/config.gin``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.gin").write_text(text)
+

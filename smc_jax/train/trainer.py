@@ -1,0 +1,249 @@
+"""The training loop of one run: jitted train step, per-epoch evaluation, checkpoints, metrics, summary.
+
+Task-agnostic: a task object (e.g. :class:`smc_jax.tasks.arithmetic_task.ArithmeticTask`) supplies
+``init_params``, ``train_batches(seed, epoch)``, ``loss(params, batch, key)``, ``optimizer(steps_per_epoch)``,
+``evaluate(params)`` and the names it reports (``name``, ``model_name``, ``pretrained``, ``fold``,
+``metric``, ``metrics``). :func:`fit` trains given starting params and masks under one algorithm; the
+multi-phase experiments (After, LTH, folds) are built from it in :mod:`smc_jax.train.pipelines`.
+
+The host loop only feeds batches: the step counter lives on the host too, so the mask-update hint of
+:func:`smc_jax.sparsity.sparse_optimizer` is a Python bool and no device value is read per step (the loss
+is fetched once per ``log_every`` steps for the progress line). Every epoch ends with an evaluation, a
+checkpoint of the whole state plus the data position (resume continues with the same masks and the same
+batches), and, when the selection metric improves, a ``best`` checkpoint of params and masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from smc_jax import sparsity as sp
+from smc_jax.train.checkpoints import RunCheckpoints
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskRules:
+    """Which params are prunable (SPEC §2.3 as data): leaves with ``ndim >= min_ndim`` whose ``/``-joined
+    path fully matches an ``include`` regex (any, when empty) and no ``exclude`` regex; ``exclude_for``
+    adds regexes per algorithm name (GTS: merge/pooler stay dense for snip, gmp and the RigL variants)."""
+
+    min_ndim: int = 2
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    exclude_for: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def masks(self, params: PyTree, algorithm_name: str) -> PyTree:
+        exclude = tuple(self.exclude) + tuple(self.exclude_for.get(algorithm_name, ()))
+        return sp.prunable_masks(params, include=tuple(self.include), exclude=exclude, min_ndim=self.min_ndim)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings: ``log_every`` steps between progress/metrics lines, ``progress`` (``'auto'``: a bar on
+    a terminal, plain lines otherwise; ``'bar'``; ``'lines'``; ``'off'``), ``keep_checkpoints`` (latest kept)."""
+
+    log_every: int = 50
+    progress: str = "auto"
+    keep_checkpoints: int = 1
+
+    def __post_init__(self):
+        if int(self.log_every) < 1:
+            raise ValueError(f"TrainConfig.log_every must be >= 1, got {self.log_every}")
+        if self.progress not in ("auto", "bar", "lines", "off"):
+            raise ValueError(f"TrainConfig.progress must be auto, bar, lines or off, got {self.progress!r}")
+
+
+class Progress:
+    """One updating line on a terminal, plain log lines elsewhere."""
+
+    def __init__(self, mode: str, total: int, title: str):
+        self.bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.quiet = mode == "off"
+        self.total, self.title = total, title
+        self.last = ""
+
+    def update(self, step: int, fields: dict[str, str]) -> None:
+        if self.quiet:
+            return
+        text = " ".join(f"{k} {v}" for k, v in fields.items())
+        if self.bar:
+            done = int(30 * step / max(self.total, 1))
+            line = f"\r{self.title} [{'#' * done}{'.' * (30 - done)}] {step}/{self.total} {text}"
+            sys.stderr.write(line.ljust(len(self.last)))
+            sys.stderr.flush()
+            self.last = line
+        else:
+            print(f"{self.title} step {step}/{self.total} {text}", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar and self.last:
+            sys.stderr.write("\n")
+            self.last = ""
+        print(f"{self.title} {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar and self.last and not self.quiet:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _train_step(task: Any, tx: optax.GradientTransformation, hint: bool):
+    def step(state, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        loss, grads = jax.value_and_grad(task.loss)(state["params"], batch, key)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"], is_update_step=hint)
+        params = optax.apply_updates(state["params"], updates)
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": state["rng"]}, loss
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def masks_report(masks: PyTree) -> dict[str, Any]:
+    """``actual_sparsity`` over all prunable leaves and ``per_leaf_sparsity`` (host floats)."""
+    items = sp.mask_items(masks)
+    counts = jax.device_get([(jnp.sum(m), m.size) for _, m in items])
+    total = sum(size for _, size in counts)
+    active = sum(int(n) for n, _ in counts)
+    return {"actual_sparsity": 1.0 - active / total if total else 0.0,
+            "per_leaf_sparsity": {name: 1.0 - int(n) / size for (name, _), (n, size) in zip(items, counts)}}
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop the events a resumed run will write again (those after the restored step)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _append(path: Path, event: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, num_epochs: int,
+        params: PyTree, masks: PyTree, config: TrainConfig = TrainConfig(), report: dict | None = None,
+        target_sparsity: float | None = None) -> dict[str, Any]:
+    """Train ``params`` (already masked) from ``masks`` under ``algorithm`` for ``num_epochs``, evaluating
+    after every epoch; resume from ``workdir/checkpoints`` when present. Writes ``metrics.jsonl`` and
+    ``summary.json`` and returns the summary. ``report`` adds keys to the summary (``sparsity_label`` …)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = task.steps_per_epoch
+    total = steps_per_epoch * int(num_epochs)
+    tx = sp.sparse_optimizer(task.optimizer(steps_per_epoch), algorithm, masks, total)
+    params = jax.tree.map(jnp.array, params)  # a copy: the train step donates its state, not the caller's arrays
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+             "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 2))}
+    checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
+    metrics_path = workdir / "metrics.jsonl"
+    meta = {"epoch": 0, "batch": 0, "best": None, "best_step": None, "final": None, "wall_time_s": 0.0,
+            "train_time_s": 0.0, "train_steps": 0}
+    restored = checkpoints.restore(state)
+    if restored is not None:
+        state, meta = restored
+        _trim_metrics(metrics_path, int(meta["step"]))
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    step = int(meta.get("step", 0))
+    updates = set(algorithm.update_steps(total)) if algorithm.dynamic else set()
+    report_from = algorithm.window(total)[1] if isinstance(algorithm, sp.GMP) else 0
+    steps = {}
+    title = f"[{task.name}{'' if task.fold is None else f' fold {task.fold}'} {algorithm.name}]"
+    progress = Progress(config.progress, total, title)
+    if restored is not None:
+        progress.message(f"resumed from step {step} (epoch {meta['epoch']}, batch {meta['batch']})")
+    started = time.perf_counter()
+    pending: list[jax.Array] = []
+    for epoch in range(int(meta["epoch"]), int(num_epochs)):
+        train_started, first = time.perf_counter(), step
+        batches = task.train_batches(seed, epoch)
+        for batch in batches[int(meta["batch"]) if epoch == meta["epoch"] else 0:]:
+            hint = (step + 1) in updates
+            if hint not in steps:
+                steps[hint] = _train_step(task, tx, hint)
+            state, loss = steps[hint](state, batch)
+            pending.append(loss)
+            step += 1
+            if step % config.log_every == 0 or step == total:
+                losses = np.asarray(jax.device_get(pending))
+                pending = []
+                rate = (step - first) / max(time.perf_counter() - train_started, 1e-9)
+                _append(metrics_path, {"event": "train", "step": step, "epoch": epoch + 1,
+                                       "loss": float(losses.mean()), "steps_per_s": rate})
+                progress.update(step, {"epoch": f"{epoch + 1}/{num_epochs}", "loss": f"{losses.mean():.4f}",
+                                       "it/s": f"{rate:.1f}"})
+        jax.block_until_ready(state["step"])
+        meta["train_time_s"] += time.perf_counter() - train_started
+        meta["train_steps"] += step - first
+        result = task.evaluate(state["params"])
+        current = masks_report(sp.get_masks(state["opt_state"]))
+        algo_state = jax.device_get(sp.get_sparse_state(state["opt_state"]).algorithm_state)
+        event = {"event": "eval", "step": step, "epoch": epoch + 1, **result,
+                 "sparsity": current["actual_sparsity"], **{k: float(v) for k, v in algo_state.items()}}
+        _append(metrics_path, event)
+        progress.message(" ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in event.items() if k != "event"))
+        meta["final"] = result
+        if step >= report_from and (meta["best"] is None or result[task.metric] > meta["best"][task.metric]):
+            meta["best"], meta["best_step"] = result, step
+            checkpoints.save_best(step, {"params": state["params"], "masks": sp.get_masks(state["opt_state"])},
+                                  {"step": step, "epoch": epoch + 1, **result})
+        meta.update(epoch=epoch + 1, batch=0, step=step)
+        meta["wall_time_s"] += time.perf_counter() - started
+        started = time.perf_counter()
+        checkpoints.save(step, state, meta)
+    checkpoints.wait()
+    progress.close()
+    masks_now = sp.get_masks(state["opt_state"])
+    current = masks_report(masks_now)
+    algo_state = jax.device_get(sp.get_sparse_state(state["opt_state"]).algorithm_state)
+    target = float(getattr(algorithm, "sparsity", 0.0)) if target_sparsity is None else float(target_sparsity)
+    scheduled = float(algo_state["scheduled_sparsity"]) if "scheduled_sparsity" in algo_state else target
+    summary = {
+        "task": task.name, "model": task.model_name, "pretrained": task.pretrained, "algorithm": algorithm.name,
+        "label": algorithm.label, "seed": int(seed), "fold": task.fold,
+        "target_sparsity": target, "sparsity_label": target, "scheduled_sparsity": scheduled,
+        "actual_sparsity": current["actual_sparsity"], "metric": task.metric, "metrics": list(task.metrics),
+        "reported": meta["best"][task.metric], "final": meta["final"], "best": meta["best"],
+        "best_step": meta["best_step"], "num_eval": task.num_eval, "steps": step, "epochs": int(num_epochs),
+        "wall_time_s": meta["wall_time_s"],
+        "train_steps_per_s": meta["train_steps"] / meta["train_time_s"] if meta["train_time_s"] else math.nan,
+        "num_params": int(sum(np.size(x) for x in jax.tree.leaves(state["params"]))),
+        "num_prunable": sp.num_prunable(masks_now),
+        "per_leaf_sparsity": current["per_leaf_sparsity"],
+        **(report or {}),
+    }
+    write_json(workdir / "summary.json", summary)
+    checkpoints.close()
+    return summary
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")

@@ -1,0 +1,190 @@
+"""The main job end to end: scripts/train.py on every gin/mawps_*.gin (1 epoch, 64 problems), the After and
+LTH pipelines, resume after SIGKILL, and the CLI's one-line errors.
+
+Runs share a small model (hidden 32) and one persistent compilation cache so the suite stays short; the
+real-size smoke run of the README is marked ``slow``.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from smc_jax import sparsity as sp
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
+ALGORITHMS = ["dense", "lth", "omp_after", "random_after", "gmp", "omp_before", "random_before", "snip", "rigl",
+              "snip_rigl", "omp_rigl"]
+SUMMARY_KEYS = {"task", "model", "pretrained", "algorithm", "label", "seed", "fold", "target_sparsity",
+                "sparsity_label", "scheduled_sparsity", "actual_sparsity", "metric", "metrics", "reported", "final",
+                "best", "best_step", "num_eval", "steps", "epochs", "wall_time_s", "train_steps_per_s", "num_params",
+                "num_prunable", "per_leaf_sparsity"}
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"arithmetic data not found at {DATA}")
+
+
+def small(*extra: str) -> list[str]:
+    """Bindings of a short run: 64 train / 32 dev problems, 1 epoch, a 32-wide GTS, one padded shape."""
+    return [f"--gin.DATA_DIR='{DATA}'", "--gin.MAX_TRAIN_EXAMPLES=64", "--gin.MAX_EVAL_EXAMPLES=32",
+            "--gin.NUM_EPOCHS=1", "--gin.UPDATE_FREQUENCY=8", "--gin.ArithmeticTask.hidden=32",
+            "--gin.ArithmeticTask.embedding_size=32", "--gin.ArithmeticTask.input_buckets=(96,)",
+            "--gin.ArithmeticTask.target_buckets=(16,)", "--gin.TrainConfig.progress='off'", *extra]
+
+
+@pytest.fixture(scope="module")
+def train_main(tmp_path_factory):
+    """``scripts/train.py``'s ``main`` run in this process, with a persistent compilation cache."""
+    cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    spec = importlib.util.spec_from_file_location("smc_train_cli", REPO / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_mawps_gin_file_trains_one_epoch(train_main, runs, algorithm, capsys):
+    sparsity = 0.36 if algorithm == "lth" else 0.5
+    workdir = runs / algorithm
+    status = train_main([f"--gin_file=gin/mawps_{algorithm}.gin", *small(
+        f"--gin.WORKDIR='{workdir}'", f"--gin.DENSE_WORKDIR='{runs / 'dense'}'", f"--gin.SPARSITY={sparsity}")])
+    assert status == 0, capsys.readouterr().err
+    summary = read(workdir / "summary.json")
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["algorithm"] == algorithm and summary["label"] == sp.ALGORITHMS[algorithm].label
+    assert summary["task"] == "mawps" and summary["model"] == "gts" and summary["fold"] == 0
+    assert summary["reported"] == summary["best"]["value_accuracy"]
+    assert summary["num_eval"] == 32 and summary["steps"] == 16 and summary["epochs"] == 1
+    assert 0.0 <= summary["reported"] <= 100.0
+    assert (workdir / "config.gin").read_text().count("ArithmeticTask") > 0
+    events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events][-1] == "eval"
+    if algorithm == "dense":
+        assert summary["actual_sparsity"] == 0.0 and summary["target_sparsity"] == 0.0
+        return
+    tolerance = 0.005 if algorithm in ("random_before", "random_after", "rigl") else 1e-4  # Bernoulli init
+    assert abs(summary["actual_sparsity"] - sparsity) < tolerance, summary["actual_sparsity"]
+    leaves = summary["per_leaf_sparsity"]
+    merge = [k for k in leaves if "/merge/" in k]
+    if algorithm in ("snip", "gmp", "rigl", "snip_rigl", "omp_rigl"):
+        assert merge == []  # SPEC §2.3: merge stays dense for these
+    else:
+        assert merge
+    assert "decoder/predict/embedding_weight" not in leaves  # the 3-D constant embedding stays dense
+    if algorithm == "lth":
+        rounds = [read(workdir / f"round_{k}" / "summary.json") for k in (1, 2)]
+        assert [r["target_sparsity"] for r in rounds] == pytest.approx([0.2, 0.36])
+        assert [r["actual_sparsity"] for r in rounds] == pytest.approx([0.2, 0.36], abs=1e-4)
+        assert summary == rounds[-1]
+        assert not (workdir / "round_3").exists()
+    if algorithm in ("omp_after", "random_after", "lth"):
+        assert "reusing the dense run" in capsys.readouterr().out
+
+
+def test_after_reuses_the_dense_run_without_retraining(train_main, runs, capsys):
+    dense = runs / "dense"
+    if not (dense / "summary.json").exists():
+        pytest.skip("needs the dense run of test_every_mawps_gin_file_trains_one_epoch")
+    before = {p: p.stat().st_mtime_ns for p in dense.rglob("*") if p.is_file()}
+    workdir = runs / "omp_after_again"
+    assert train_main(["--gin_file=gin/mawps_omp_after.gin", *small(
+        f"--gin.WORKDIR='{workdir}'", f"--gin.DENSE_WORKDIR='{dense}'", "--gin.SPARSITY=0.7")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in dense.rglob("*") if p.is_file()} == before
+    assert "reusing the dense run" in capsys.readouterr().out
+    assert abs(read(workdir / "summary.json")["actual_sparsity"] - 0.7) < 1e-4
+
+
+def test_lth_rewinds_each_round_to_the_initial_weights(train_main, runs, monkeypatch, capsys):
+    from smc_jax.train import pipelines
+
+    seen = []
+    real_fit = pipelines.fit
+
+    def recording_fit(task, algorithm, workdir, **kwargs):
+        seen.append((task, Path(workdir).name, kwargs["params"], kwargs["masks"]))
+        return real_fit(task, algorithm, workdir, **kwargs)
+
+    monkeypatch.setattr(pipelines, "fit", recording_fit)
+    workdir = runs / "lth_rewind"
+    assert train_main(["--gin_file=gin/mawps_lth.gin", *small(
+        f"--gin.WORKDIR='{workdir}'", f"--gin.DENSE_WORKDIR='{runs / 'dense_lth'}'", "--gin.SPARSITY=0.36")]) == 0
+    assert [name for _, name, _, _ in seen] == ["dense_lth", "round_1", "round_2"]
+    task, _, initial, _ = seen[0]
+    for _, _, params, masks in seen[1:]:
+        expected = sp.apply_masks(initial, masks)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # round 2's masks are a subset of round 1's (survivors pruned further)
+    for m1, m2 in zip(jax.tree.leaves(seen[1][3]), jax.tree.leaves(seen[2][3])):
+        assert not np.any(np.asarray(m2) & ~np.asarray(m1))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--gin_file=gin/mawps_rigl.gin", "--gin.FOLDS=1"], "unknown macro FOLDS"),
+    (["--gin_file=gin/svamp_rigl.gin", "--gin.FOLD=0"], "unknown macro FOLD"),
+    (["--gin_file=gin/mawps_nope.gin"], "mawps_nope.gin"),
+    (["--gin_file=gin/mawps_rigl.gin", "--gin.RigL.sparsty=0.5"], "sparsty"),
+    (["--gin_file=gin/mawps_rigl.gin", "--gin.SPARSITY=1.5"], "sparsity must be in [0.0, 1.0)"),
+    (["--gin_file=gin/mawps_rigl.gin", "--gin.FOLD=7", "--gin.DATA_DIR='" + str(DATA) + "'"], "FOLD must be 0..4"),
+    (["--gin_file=gin/mawps_rigl.gin", "--gin.DATA_DIR='/nonexistent'"], "/nonexistent"),
+    (["--gin_file=gin/mawps_rigl.gin", "--gin.RigL.init='magic'"], "unknown RigL init 'magic'"),
+    (["--gin_file=gin/mawps_rigl.gin", "--bogus"], "unknown argument '--bogus'"),
+    ([], "--gin_file"),
+])
+def test_bad_input_is_one_line_and_exit_2(train_main, argv, message, capsys):
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_sigkill_then_resume_finishes_with_the_same_masks(tmp_path, train_main):
+    """A run killed after its first epoch's checkpoint resumes and ends exactly like an uninterrupted one."""
+    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    args = ["--gin_file=gin/mawps_rigl.gin", *small("--gin.NUM_EPOCHS=3", "--gin.UPDATE_FREQUENCY=6")]
+
+    def command(workdir):
+        return [sys.executable, str(REPO / "scripts" / "train.py"), *args, f"--gin.WORKDIR='{workdir}'"]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        latest = killed / "checkpoints" / "latest"
+        if latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):  # epoch 1 committed
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    resumed = subprocess.run(command(killed), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step" in resumed.stderr
+    straight = tmp_path / "straight"
+    assert train_main(args + [f"--gin.WORKDIR='{straight}'"]) == 0
+    a, b = read(killed / "summary.json"), read(straight / "summary.json")
+    assert a["per_leaf_sparsity"] == b["per_leaf_sparsity"] and a["best"] == b["best"] and a["final"] == b["final"]
+    losses = [[e["loss"] for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if e["event"] == "train"]
+              for d in (killed, straight)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert a["best_step"] == b["best_step"] and a["steps"] == b["steps"] == 48
