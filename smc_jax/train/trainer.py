@@ -166,8 +166,9 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
     steps = {}
     title = f"[{task.name}{'' if task.fold is None else f' fold {task.fold}'} {algorithm.name}]"
     progress = Progress(config.progress, total, title)
-    if restored is not None:
-        progress.message(f"resumed from step {step} (epoch {meta['epoch']}, batch {meta['batch']})")
+    if restored is not None:  # always said, even with progress off
+        print(f"{title} resumed from step {step} (epoch {meta['epoch']}, batch {meta['batch']}) in {workdir}",
+              file=sys.stderr, flush=True)
     started = time.perf_counter()
     pending: list[jax.Array] = []
     for epoch in range(int(meta["epoch"]), int(num_epochs)):
