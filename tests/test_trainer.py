@@ -1,0 +1,112 @@
+"""The engine on a tiny fake task: selection rules, summaries, CV averaging, names of workdirs."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from smc_jax import sparsity as sp
+from smc_jax.train import pipelines
+from smc_jax.train.trainer import MaskRules, TrainConfig, fit
+
+
+@dataclasses.dataclass
+class FakeTask:
+    """Linear regression with scripted evaluation results (one per epoch)."""
+
+    scores: tuple = (90.0, 50.0, 60.0, 55.0)
+    fold: int | None = 0
+    name = "fake"
+    model_name = "linear"
+    pretrained = None
+    metric = "acc"
+    metrics = ("acc", "other")
+    num_eval = 10
+    steps_per_epoch = 5
+
+    def __post_init__(self):
+        self.calls = 0
+
+    def init_params(self, key):
+        return {"w": jax.random.normal(key, (8, 4)), "b": jnp.zeros(4)}
+
+    def train_batches(self, seed, epoch):
+        rng = np.random.default_rng([seed, epoch])
+        return [{"x": rng.normal(size=(4, 8)).astype(np.float32)} for _ in range(self.steps_per_epoch)]
+
+    def loss(self, params, batch, key=None):
+        return jnp.mean((batch["x"] @ params["w"] + params["b"] - 1.0) ** 2)
+
+    def optimizer(self, steps_per_epoch):
+        return optax.adam(1e-2)
+
+    def evaluate(self, params):
+        score = self.scores[self.calls]
+        self.calls += 1
+        return {"acc": score, "other": -score, "num_eval": self.num_eval}
+
+    def config(self):
+        return {"scores": self.scores, "fold": self.fold}
+
+
+def run(tmp_path, algorithm, task=None, epochs=4):
+    task = task or FakeTask()
+    params = task.init_params(jax.random.key(0))
+    masks = algorithm.init_masks(params, MaskRules().masks(params, algorithm.name), key=jax.random.key(1))
+    return fit(task, algorithm, tmp_path, seed=0, num_epochs=epochs, params=sp.apply_masks(params, masks),
+               masks=masks, config=TrainConfig(progress="off", log_every=3))
+
+
+def test_best_epoch_is_reported(tmp_path):
+    summary = run(tmp_path, sp.OMPBefore(sparsity=0.5))
+    assert summary["reported"] == 90.0 and summary["best_step"] == 5 and summary["final"]["acc"] == 55.0
+    assert summary["best"] == {"acc": 90.0, "other": -90.0, "num_eval": 10}
+    assert summary["actual_sparsity"] == 0.5 and summary["num_prunable"] == 32 and summary["num_params"] == 36
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "eval"] == [5, 10, 15, 20]
+    assert [e["step"] for e in events if e["event"] == "train"] == [3, 6, 9, 12, 15, 18, 20]
+
+
+def test_gmp_reports_only_from_the_window_end(tmp_path):
+    # T = 20 steps, window [2, 16): epochs end at 5, 10, 15, 20 -> only the last is eligible
+    summary = run(tmp_path, sp.GMP(sparsity=0.5, update_frequency=2))
+    assert summary["best_step"] == 20 and summary["reported"] == 55.0
+    assert summary["scheduled_sparsity"] == 0.5 and summary["actual_sparsity"] == 0.5
+
+
+def test_a_finished_run_resumes_to_the_same_summary(tmp_path):
+    first = run(tmp_path, sp.RigL(sparsity=0.5, update_frequency=3))
+    again = run(tmp_path, sp.RigL(sparsity=0.5, update_frequency=3), task=FakeTask(scores=()))  # no evaluation
+    for key in ("best", "final", "best_step", "per_leaf_sparsity", "steps"):
+        assert again[key] == first[key]
+
+
+def test_cv_summary_micro_averages_by_num_eval():
+    folds = [{"reported": 80.0, "num_eval": 100, "best": {"acc": 80.0}, "final": {"acc": 70.0}, "actual_sparsity": 0.5,
+              "wall_time_s": 1.0, "per_leaf_sparsity": {"a": 0.5}, "fold": k, "metric": "acc"} for k in range(2)]
+    folds[1].update(reported=50.0, num_eval=50, best={"acc": 50.0}, final={"acc": 40.0})
+    cv = pipelines.cv_summary(folds)
+    assert cv["fold"] == "all" and cv["num_eval"] == 150
+    assert cv["reported"] == pytest.approx((80 * 100 + 50 * 50) / 150)
+    assert cv["best"]["acc"] == pytest.approx(70.0) and cv["final"]["acc"] == pytest.approx(60.0)
+    assert cv["folds"] == folds and cv["wall_time_s"] == 2.0
+
+
+@pytest.mark.parametrize("value, label", [(0.7902848, 0.791), (0.83222784, 0.8325), (0.5904, 0.59), (0.2, 0.2),
+                                          (0.5, 0.5), (0.67232, 0.672), (0.12345678, 0.1235)])
+def test_sparsity_labels_follow_the_paper_grid(value, label):
+    assert pipelines.sparsity_label(value) == label
+
+
+def test_dense_workdir_names_the_dense_settings_only(tmp_path):
+    task = FakeTask()
+    a = pipelines.default_dense_workdir(task, tmp_path / "rigl_run", seed=1, num_epochs=50)
+    b = pipelines.default_dense_workdir(task, tmp_path / "gmp_run", seed=1, num_epochs=50)
+    assert a == b and a.parent == tmp_path and a.name.startswith("dense_fake_linear_learned_seed1_fold0_")
+    assert pipelines.default_dense_workdir(task, tmp_path / "x", seed=1, num_epochs=40) != a
+    assert pipelines.default_dense_workdir(FakeTask(scores=(1.0,)), tmp_path / "x", seed=1, num_epochs=50) != a
