@@ -188,3 +188,59 @@ def test_sigkill_then_resume_finishes_with_the_same_masks(tmp_path, train_main):
               for d in (killed, straight)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert a["best_step"] == b["best_step"] and a["steps"] == b["steps"] == 96
+
+
+GIN_FILES = sorted(p.name for p in (REPO / "gin").glob("*_*.gin"))
+
+
+def test_every_top_level_gin_file_builds_its_experiment():
+    from smc_jax.train import config, gin_utils
+
+    assert len(GIN_FILES) == 33
+    for name in GIN_FILES:
+        dataset, algorithm = name[:-4].split("_", 1)
+        config.register()
+        gin_utils.parse_config([f"gin/{name}"], [], search_paths=[REPO / "gin"])
+        experiment = config.experiment()
+        assert experiment.algorithm.name == algorithm, name
+        assert experiment.num_epochs == 50 and experiment.seed == 6174
+        assert ("FOLD" in gin_utils.defined_macros()) == (dataset != "svamp"), name
+        task_settings = gin_utils.config_str()
+        assert f"ArithmeticTask.dataset = '{dataset}'" in task_settings
+    gin_utils.gin.clear_config()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in GIN_FILES if not n.startswith("mawps_")])
+def test_asdiv_and_svamp_gin_files_train_one_epoch(train_main, runs, name):
+    dataset = name.split("_", 1)[0]
+    workdir = runs / name[:-4]
+    assert train_main([f"--gin_file=gin/{name}", *small(
+        f"--gin.WORKDIR='{workdir}'", f"--gin.DENSE_WORKDIR='{runs / ('dense_' + dataset)}'")]) == 0
+    summary = read(workdir / "summary.json")
+    assert summary["task"] == dataset and summary["fold"] == (None if dataset == "svamp" else 0)
+
+
+@pytest.mark.slow
+def test_readme_smoke_command_full_size(tmp_path):
+    """The issue's acceptance command: real-size GTS, 1 epoch on MAWPS fold 0 (about 4 minutes)."""
+    workdir = tmp_path / "smoke"
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "--gin_file=gin/mawps_rigl.gin", "--gin.FOLD=0", "--gin.NUM_EPOCHS=1",
+         f"--gin.DATA_DIR='{DATA}'", f"--gin.WORKDIR='{workdir}'"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = read(workdir / "summary.json")
+    assert SUMMARY_KEYS <= set(summary) and summary["steps"] == 385 and summary["num_eval"] == 384
+    assert abs(summary["actual_sparsity"] - 0.5) < 0.005
+
+
+def test_fold_all_runs_every_fold_and_micro_averages(train_main, tmp_path):
+    workdir = tmp_path / "cv"
+    assert train_main(["--gin_file=gin/asdiv_dense.gin", *small(
+        "--gin.FOLD='all'", "--gin.MAX_TRAIN_EXAMPLES=8", "--gin.MAX_EVAL_EXAMPLES=8", f"--gin.WORKDIR='{workdir}'")]) == 0
+    folds = [read(workdir / f"fold_{k}" / "summary.json") for k in range(5)]
+    assert [f["fold"] for f in folds] == [0, 1, 2, 3, 4]
+    cv = read(workdir / "cv_summary.json")
+    assert cv["fold"] == "all" and cv["num_eval"] == 40 and cv["folds"] == folds
+    assert cv["reported"] == pytest.approx(sum(f["reported"] * f["num_eval"] for f in folds) / 40)
+    assert (workdir / "config.gin").exists()

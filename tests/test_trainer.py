@@ -110,3 +110,19 @@ def test_dense_workdir_names_the_dense_settings_only(tmp_path):
     assert a == b and a.parent == tmp_path and a.name.startswith("dense_fake_linear_learned_seed1_fold0_")
     assert pipelines.default_dense_workdir(task, tmp_path / "x", seed=1, num_epochs=40) != a
     assert pipelines.default_dense_workdir(FakeTask(scores=(1.0,)), tmp_path / "x", seed=1, num_epochs=50) != a
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(capsys):
+    from smc_jax.train.trainer import Progress
+
+    bar = Progress("bar", total=10, title="[t]")
+    bar.update(5, {"loss": "0.5"})
+    bar.message("eval 1")
+    bar.close()
+    err = capsys.readouterr().err
+    assert err.startswith("\r[t] [###############...............] 5/10 loss 0.5") and "\n[t] eval 1\n" in err
+    lines = Progress("lines", total=10, title="[t]")
+    lines.update(5, {"loss": "0.5"})
+    assert capsys.readouterr().err == "[t] step 5/10 loss 0.5\n"
+    Progress("off", total=10, title="[t]").update(5, {"loss": "0.5"})
+    assert capsys.readouterr().err == ""

@@ -192,11 +192,14 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
         jax.block_until_ready(state["step"])
         meta["train_time_s"] += time.perf_counter() - train_started
         meta["train_steps"] += step - first
+        eval_started = time.perf_counter()
         result = task.evaluate(state["params"])
+        eval_time = time.perf_counter() - eval_started
         current = masks_report(sp.get_masks(state["opt_state"]))
         algo_state = jax.device_get(sp.get_sparse_state(state["opt_state"]).algorithm_state)
         event = {"event": "eval", "step": step, "epoch": epoch + 1, **result,
-                 "sparsity": current["actual_sparsity"], **{k: float(v) for k, v in algo_state.items()}}
+                 "sparsity": current["actual_sparsity"], **{k: float(v) for k, v in algo_state.items()},
+                 "eval_time_s": eval_time}
         _append(metrics_path, event)
         progress.message(" ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                   for k, v in event.items() if k != "event"))
