@@ -97,9 +97,12 @@ class Prediction(nn.Module):
         Returns ``(num_score [B, G+N], op [B, num_ops], q [B, H], context [B, H], num_embeddings [B, G+N, H])``.
         """
         drop = nn.Dropout(self.dropout, deterministic=deterministic)
-        generate_weight = self.param(
-            "embedding_weight", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, None, "hidden")),
-            (1, self.num_generate, self.hidden))
+        if self.num_generate:
+            generate_weight = self.param(
+                "embedding_weight", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, None, "hidden")),
+                (1, self.num_generate, self.hidden))
+        else:  # no constants (ASDiv-A): no zero-size parameter, which checkpoints cannot hold
+            generate_weight = jnp.zeros((1, 0, self.hidden), goal.dtype)
         c, l_ = drop(goal), drop(left)
         no_left = jnp.tanh(TorchDense(self.hidden, name="concat_l")(c)) * jax.nn.sigmoid(
             TorchDense(self.hidden, name="concat_lg")(c))
