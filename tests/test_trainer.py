@@ -126,3 +126,9 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(capsys):
     assert capsys.readouterr().err == "[t] step 5/10 loss 0.5\n"
     Progress("off", total=10, title="[t]").update(5, {"loss": "0.5"})
     assert capsys.readouterr().err == ""
+
+
+def test_default_workdirs_name_the_coordinates():
+    task = FakeTask()
+    assert str(pipelines.default_workdir(task, sp.RigL(sparsity=0.738), 3)) == "runs/fake_rigl_s0.738_seed3_fold0"
+    assert str(pipelines.default_workdir(task, sp.Dense(), 3, fold="all")) == "runs/fake_dense_seed3_foldall"

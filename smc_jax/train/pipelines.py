@@ -65,9 +65,11 @@ def _keys(seed: int) -> dict[str, jax.Array]:
     return {"init": jax.random.fold_in(base, 0), "masks": jax.random.fold_in(base, 1), "snip": jax.random.fold_in(base, 3)}
 
 
-def default_workdir(task: Any, algorithm: sp.Algorithm, seed: int) -> Path:
+def default_workdir(task: Any, algorithm: sp.Algorithm, seed: int, fold: int | str | None = None) -> Path:
+    """``runs/<task>_<algorithm>[_s<sparsity>]_seed<seed>[_fold<k>]`` (``fold`` overrides the task's)."""
     sparse = "" if isinstance(algorithm, sp.Dense) else f"_s{getattr(algorithm, 'sparsity', 0.0):g}"
-    fold = "" if task.fold is None else f"_fold{task.fold}"
+    fold = task.fold if fold is None else fold
+    fold = "" if fold is None else f"_fold{fold}"
     return Path("runs") / f"{task.name}_{algorithm.name}{sparse}_seed{seed}{fold}"
 
 
@@ -190,8 +192,7 @@ def run_experiment(exp: Experiment, config_text: str | None = None) -> dict:
         num_folds = type(probe).folds(probe.name)
         if num_folds is None:
             raise ValueError(f"FOLD='all' needs a cross-validated dataset; {probe.name} has a single split")
-        top = Path(exp.workdir) if exp.workdir else default_workdir(probe, exp.algorithm, exp.seed).with_name(
-            default_workdir(probe, exp.algorithm, exp.seed).name.replace("_fold0", "_foldall"))
+        top = Path(exp.workdir) if exp.workdir else default_workdir(probe, exp.algorithm, exp.seed, fold="all")
         if config_text is not None:
             copy_config(config_text, top)
         folds = []

@@ -113,16 +113,6 @@ def _train_step(task: Any, tx: optax.GradientTransformation, hint: bool):
     return jax.jit(step, donate_argnums=0)
 
 
-def masks_report(masks: PyTree) -> dict[str, Any]:
-    """``actual_sparsity`` over all prunable leaves and ``per_leaf_sparsity`` (host floats)."""
-    items = sp.mask_items(masks)
-    counts = jax.device_get([(jnp.sum(m), m.size) for _, m in items])
-    total = sum(size for _, size in counts)
-    active = sum(int(n) for n, _ in counts)
-    return {"actual_sparsity": 1.0 - active / total if total else 0.0,
-            "per_leaf_sparsity": {name: 1.0 - int(n) / size for (name, _), (n, size) in zip(items, counts)}}
-
-
 def _trim_metrics(path: Path, step: int) -> None:
     """Drop the events a resumed run will write again (those after the restored step)."""
     if not path.exists():
@@ -195,10 +185,10 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
         eval_started = time.perf_counter()
         result = task.evaluate(state["params"])
         eval_time = time.perf_counter() - eval_started
-        current = masks_report(sp.get_masks(state["opt_state"]))
+        current = sp.sparsity_report(sp.get_masks(state["opt_state"]))
         algo_state = jax.device_get(sp.get_sparse_state(state["opt_state"]).algorithm_state)
         event = {"event": "eval", "step": step, "epoch": epoch + 1, **result,
-                 "sparsity": current["actual_sparsity"], **{k: float(v) for k, v in algo_state.items()},
+                 "sparsity": current["global"], **{k: float(v) for k, v in algo_state.items()},
                  "eval_time_s": eval_time}
         _append(metrics_path, event)
         progress.message(" ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
@@ -215,7 +205,7 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
     checkpoints.wait()
     progress.close()
     masks_now = sp.get_masks(state["opt_state"])
-    current = masks_report(masks_now)
+    current = sp.sparsity_report(masks_now)
     algo_state = jax.device_get(sp.get_sparse_state(state["opt_state"]).algorithm_state)
     target = float(getattr(algorithm, "sparsity", 0.0)) if target_sparsity is None else float(target_sparsity)
     scheduled = float(algo_state["scheduled_sparsity"]) if "scheduled_sparsity" in algo_state else target
@@ -223,14 +213,14 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
         "task": task.name, "model": task.model_name, "pretrained": task.pretrained, "algorithm": algorithm.name,
         "label": algorithm.label, "seed": int(seed), "fold": task.fold,
         "target_sparsity": target, "sparsity_label": target, "scheduled_sparsity": scheduled,
-        "actual_sparsity": current["actual_sparsity"], "metric": task.metric, "metrics": list(task.metrics),
+        "actual_sparsity": current["global"], "metric": task.metric, "metrics": list(task.metrics),
         "reported": meta["best"][task.metric], "final": meta["final"], "best": meta["best"],
         "best_step": meta["best_step"], "num_eval": task.num_eval, "steps": step, "epochs": int(num_epochs),
         "wall_time_s": meta["wall_time_s"],
         "train_steps_per_s": meta["train_steps"] / meta["train_time_s"] if meta["train_time_s"] else math.nan,
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(state["params"]))),
         "num_prunable": sp.num_prunable(masks_now),
-        "per_leaf_sparsity": current["per_leaf_sparsity"],
+        "per_leaf_sparsity": current["per_leaf"],
         **(report or {}),
     }
     write_json(workdir / "summary.json", summary)
