@@ -243,8 +243,10 @@ class ArithmeticTask:
         return jax.jit(functools.partial(self.model.apply, method=GTS.beam_search, beam_size=self.beam_size,
                                          max_length=self.max_output_length))
 
+    @functools.cached_property
     def eval_batches(self) -> list[tuple[int, dict[str, np.ndarray]]]:
-        """``(count, batch)`` chunks of the dev set, each padded to ``eval_batch_size`` rows and one length."""
+        """``(count, batch)`` chunks of the dev set, each padded to ``eval_batch_size`` rows and one length
+        (built once: the dev set never changes)."""
         size = min(self.eval_batch_size, len(self.dev))
         length = bucket(max(len(e.input_ids) for e in self.dev), self.input_buckets)
         out = []
@@ -263,7 +265,7 @@ class ArithmeticTask:
 
     def predict(self, params: PyTree) -> list[list[int]]:
         """Beam-search token ids of every dev problem (one jitted call per chunk, all dispatched first)."""
-        pending = [(count, self._decode({"params": params}, batch)) for count, batch in self.eval_batches()]
+        pending = [(count, self._decode({"params": params}, batch)) for count, batch in self.eval_batches]
         predictions = []
         for count, out in pending:
             tokens, lengths = jax.device_get((out["tokens"], out["length"]))
