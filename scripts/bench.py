@@ -1,4 +1,11 @@
-"""Benchmarks (not tests): ``python scripts/bench.py sparsity [--rounds 7] [--scale 1.0]``.
+"""Benchmarks (not tests): ``python scripts/bench.py sparsity|gts``.
+
+``gts``: GTS(S) on MAWPS fold 0 at SPEC §1.2's settings (batch 4, hidden 512, beam 5, max length 45): the
+training throughput of the real train step (the engine's jitted, donated step with the sparse optimizer)
+in problems/s, and the beam-search evaluation of the whole dev split in problems/s, for dense, static
+sparse 0.5 (Random (Before)) and RigL 0.5 (its mask-update step timed on its own and added at its real
+frequency). Every distinct batch shape is compiled first; compile time is reported separately; figures
+are medians of ``--rounds`` rounds (a round: ``--round_steps`` consecutive batches of the epoch order).
 
 ``sparsity``: on a BERT-base-shaped parameter tree (~110M weights, random values; 2-D leaves prunable),
 times one global-magnitude prune, one RigL update, and one jitted, donated step of update + apply of
@@ -9,15 +16,19 @@ compile time reported separately).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
 
 import smc_jax.sparsity as sp
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arithmetic"
 
 
 def bert_base_shapes(scale: float = 1.0) -> dict:
@@ -121,17 +132,130 @@ def bench_sparsity(rounds: int, scale: float) -> None:
         print(f"non-update step, {name} / plain adamw: {ratio:.3f}x  (median of {rounds} interleaved rounds)")
 
 
+def _gts_algorithm(name: str, update_frequency: int) -> sp.Algorithm:
+    if name == "dense":
+        return sp.Dense()
+    if name == "static":
+        return sp.RandomBefore(sparsity=0.5)
+    if name == "rigl":
+        return sp.RigL(sparsity=0.5, update_frequency=update_frequency)
+    raise ValueError(f"unknown configuration {name!r}: use dense, static or rigl")
+
+
+def bench_gts(args: argparse.Namespace) -> None:
+    from smc_jax.tasks.arithmetic_task import ArithmeticTask
+    from smc_jax.train.trainer import MaskRules, init_state, train_step
+
+    task = ArithmeticTask(dataset="mawps", fold=0, data_dir=args.data_dir, hidden=args.hidden,
+                          embedding_size=args.embedding_size, max_eval_examples=args.max_eval)
+    problems = len(task.train)
+    steps_per_epoch = task.steps_per_epoch
+    total = steps_per_epoch * args.epochs
+    print(f"{task.describe()}; batch {task.batch_size}, hidden {task.hidden}, beam {task.beam_size}; "
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} CPU(s)")
+    # the gin rules of gin/tasks/arithmetic.gin
+    rules = MaskRules(exclude=("decoder/predict/embedding_weight",), exclude_for={"rigl": (".*merge.*",)})
+    params0 = task.init_params(jax.random.key(0))
+    order = [b for epoch in range(args.rounds + 1) for b in task.train_batches(6174, epoch)]
+    rows = []
+    for name in args.configs.split(","):
+        algorithm = _gts_algorithm(name, args.update_frequency)
+        masks = algorithm.init_masks(params0, rules.masks(params0, algorithm.name), key=jax.random.key(1))
+        tx = sp.sparse_optimizer(task.optimizer(steps_per_epoch), algorithm, masks, total)
+        state = init_state(sp.apply_masks(params0, masks), tx, seed=0)
+        step_fn = {False: train_step(task, tx, False), True: train_step(task, tx, True)}
+
+        compile_started = time.perf_counter()  # one step of every batch shape (plus an update step)
+        shapes = {}
+        for batch in order:
+            shapes.setdefault(tuple(v.shape for v in batch.values()), batch)
+        for batch in shapes.values():
+            state, loss = step_fn[False](state, batch)
+        jax.block_until_ready(loss)
+        update_s = None
+        if algorithm.dynamic:
+            batch = order[0]
+            state, loss = step_fn[True](state, batch)
+            jax.block_until_ready(loss)
+            timed = []
+            for hint in (True, False) * 3:
+                start = time.perf_counter()
+                state, loss = step_fn[hint](state, batch)
+                jax.block_until_ready(loss)
+                timed.append((hint, time.perf_counter() - start))
+            update_s = (statistics.median(t for h, t in timed if h) - statistics.median(t for h, t in timed if not h))
+        compile_s = time.perf_counter() - compile_started
+
+        rates = []
+        for r in range(args.rounds):
+            batches = order[r * args.round_steps:(r + 1) * args.round_steps]
+            real = sum(int((b["target_lengths"] > 0).sum()) for b in batches)
+            start = time.perf_counter()
+            for batch in batches:
+                state, loss = step_fn[False](state, batch)
+            jax.block_until_ready(loss)
+            rates.append(real / (time.perf_counter() - start))
+        train_rate = statistics.median(rates)
+        epoch_s = problems / train_rate
+        updates_per_epoch = steps_per_epoch / args.update_frequency if algorithm.dynamic else 0.0
+        if update_s is not None:
+            epoch_s += updates_per_epoch * update_s
+
+        eval_started = time.perf_counter()
+        task.evaluate(state["params"])
+        eval_compile = time.perf_counter() - eval_started
+        eval_times = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            task.evaluate(state["params"])
+            eval_times.append(time.perf_counter() - start)
+        eval_s = statistics.median(eval_times)
+        eval_compile -= eval_s
+        rows.append((name, train_rate, epoch_s, task.num_eval / eval_s, eval_s, compile_s, eval_compile, update_s))
+        print(f"{name}: {train_rate:.1f} train problems/s (rounds {', '.join(f'{r:.1f}' for r in rates)}), "
+              f"eval {eval_s:.2f} s", flush=True)
+
+    print(f"\n{'config':8s} {'train prob/s':>12s} {'epoch s':>8s} {'eval prob/s':>12s} {'eval s':>7s} "
+          f"{'compile s (train, eval)':>24s}")
+    for name, rate, epoch_s, eval_rate, eval_s, compile_s, eval_compile, update_s in rows:
+        print(f"{name:8s} {rate:12.1f} {epoch_s:8.1f} {eval_rate:12.1f} {eval_s:7.2f} "
+              f"{compile_s:14.1f}, {eval_compile:7.1f}")
+    print(f"epoch s: {problems} training problems at the median rate", end="")
+    if any(r[-1] is not None for r in rows):
+        update_s = next(r[-1] for r in rows if r[-1] is not None)
+        print(f"; RigL adds its mask-update step ({update_s:+.3f} s over a plain step) "
+              f"{steps_per_epoch / args.update_frequency:.3f} times per epoch (UPDATE_FREQUENCY={args.update_frequency})",
+              end="")
+    print()
+    dense = next((r for r in rows if r[0] == "dense"), None)
+    for r in rows:
+        if dense is not None and r[0] != "dense":
+            print(f"{r[0]} epoch / dense epoch: {r[2] / dense[2]:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
     sparsity = sub.add_parser("sparsity", help="mask operations and the sparse optimizer step on a BERT-base tree")
     sparsity.add_argument("--rounds", type=int, default=7, help="timed rounds per operation (median reported)")
     sparsity.add_argument("--scale", type=float, default=1.0, help="shrink the hidden sizes (smoke runs)")
+    gts = sub.add_parser("gts", help="GTS training and beam-search evaluation throughput on MAWPS fold 0")
+    gts.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+    gts.add_argument("--round_steps", type=int, default=128, help="train steps per round")
+    gts.add_argument("--configs", default="dense,static,rigl", help="comma-separated: dense, static, rigl")
+    gts.add_argument("--data_dir", default=str(DEFAULT_DATA), help="the arithmetic data folder")
+    gts.add_argument("--update_frequency", type=int, default=1000, help="RigL's UPDATE_FREQUENCY")
+    gts.add_argument("--epochs", type=int, default=50, help="run length the schedules are built for")
+    gts.add_argument("--hidden", type=int, default=512, help="GTS hidden size (SPEC: 512)")
+    gts.add_argument("--embedding_size", type=int, default=768, help="GTS embedding size (SPEC: 768)")
+    gts.add_argument("--max_eval", type=int, default=None, help="first N dev problems (default: all)")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.scale <= 0:
-        parser.error("--rounds must be >= 1 and --scale > 0")
+    if args.rounds < 1 or getattr(args, "scale", 1.0) <= 0 or getattr(args, "round_steps", 1) < 1:
+        parser.error("--rounds and --round_steps must be >= 1 and --scale > 0")
     if args.bench == "sparsity":
         bench_sparsity(args.rounds, args.scale)
+    elif args.bench == "gts":
+        bench_gts(args)
     return 0
 
 

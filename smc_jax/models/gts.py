@@ -10,6 +10,7 @@ original becomes a boolean ``has_left``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -32,94 +33,143 @@ def _torch_uniform(fan_in: int):
 
 
 class TorchDense(nn.Module):
-    """``nn.Linear`` with PyTorch's default init (U(±1/√fan_in) for kernel and bias), kernel [in, out]."""
+    """``nn.Linear`` with PyTorch's default init (U(±1/√fan_in) for kernel and bias), kernel [in, out].
+
+    ``in_features`` fixes the kernel's input size up front, so a layer over a concatenation ``[a; b]`` can be
+    applied part by part: ``layer(b, offset=len(a))`` multiplies ``b`` by its rows of the kernel (``add_bias``
+    decides whether this part carries the bias), and ``layer(a, add_bias=False) + layer(b, offset=len(a))``
+    equals ``layer([a; b])``. The attention layers use this to project the encoder side once per sequence.
+    """
 
     features: int
     use_bias: bool = True
     axes: tuple[str, str] = ("hidden", "mlp")
+    in_features: int | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        init = _torch_uniform(x.shape[-1])
-        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), (x.shape[-1], self.features))
+    def __call__(self, x: jax.Array, offset: int = 0, add_bias: bool = True) -> jax.Array:
+        fan_in = self.in_features or x.shape[-1]
+        init = _torch_uniform(fan_in)
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), (fan_in, self.features))
+        bias = self.param("bias", nn.with_logical_partitioning(init, self.axes[1:]), (self.features,)) \
+            if self.use_bias else None
+        if offset or x.shape[-1] != fan_in:
+            kernel = kernel[offset:offset + x.shape[-1]]
         y = x @ kernel
-        if self.use_bias:
-            y = y + self.param("bias", nn.with_logical_partitioning(init, self.axes[1:]), (self.features,))
-        return y
-
-
-def _additive_energies(query: jax.Array, keys: jax.Array, hidden: int, score_bias: bool) -> jax.Array:
-    """``v·tanh(W[q; k])`` for every key: query [B, D], keys [B, K, H] -> [B, K]. Called inside a compact
-    method, it creates the caller's ``attn`` and ``score`` layers."""
-    energy_in = jnp.concatenate([jnp.repeat(query[:, None], keys.shape[1], axis=1), keys], axis=-1)
-    hidden_energy = jnp.tanh(TorchDense(hidden, name="attn")(energy_in))
-    return TorchDense(1, use_bias=score_bias, name="score")(hidden_energy)[..., 0]
+        return y + bias if bias is not None and add_bias else y
 
 
 class TreeAttn(nn.Module):
-    """Attention of a goal over the encoder outputs: softmax of ``v·tanh(W[q; h]) + b`` (masked)."""
+    """Attention of a goal over the encoder outputs: softmax of ``v·tanh(W[q; h]) + b`` (masked).
+
+    ``keys(encoder_outputs)`` is the ``W_h h + b`` half, the same for every decoder step; ``__call__`` adds the
+    query's half."""
 
     hidden: int
 
-    @nn.compact
-    def __call__(self, query: jax.Array, encoder_outputs: jax.Array, seq_mask: jax.Array) -> jax.Array:
-        """query [B, H], encoder_outputs [B, S, H], seq_mask [B, S] (True = real token) -> weights [B, S]."""
-        energies = _additive_energies(query, encoder_outputs, self.hidden, score_bias=True)
+    def setup(self):
+        self.attn = TorchDense(self.hidden, in_features=2 * self.hidden)
+        self.score = TorchDense(1, in_features=self.hidden)
+
+    def keys(self, encoder_outputs: jax.Array) -> jax.Array:
+        """encoder_outputs [B, S, H] -> [B, S, H]."""
+        return self.attn(encoder_outputs, offset=self.hidden)
+
+    def __call__(self, query: jax.Array, keys: jax.Array, seq_mask: jax.Array) -> jax.Array:
+        """query [B, H], keys from :meth:`keys` [B, S, H], seq_mask [B, S] (True = real token) -> weights [B, S]."""
+        energies = self.score(jnp.tanh(self.attn(query, add_bias=False)[:, None] + keys))[..., 0]
         return jax.nn.softmax(jnp.where(seq_mask, energies, NEG_INF), axis=-1)
 
 
 class Score(nn.Module):
-    """Number scores ``v·tanh(W[leaf; e])`` (no bias on v), masked to the example's numbers."""
+    """Number scores ``v·tanh(W[leaf; e])`` (no bias on v), masked to the example's numbers; ``keys(e)`` is the
+    ``W_e e + b`` half."""
 
     hidden: int
 
-    @nn.compact
-    def __call__(self, leaf: jax.Array, num_embeddings: jax.Array, num_mask: jax.Array) -> jax.Array:
-        """leaf [B, 2H], num_embeddings [B, O, H], num_mask [B, O] (True = a real number) -> [B, O]."""
-        scores = _additive_energies(leaf, num_embeddings, self.hidden, score_bias=False)
+    def setup(self):
+        self.attn = TorchDense(self.hidden, in_features=3 * self.hidden)
+        self.score = TorchDense(1, use_bias=False, in_features=self.hidden)
+
+    def keys(self, num_embeddings: jax.Array) -> jax.Array:
+        """num_embeddings [..., O, H] -> [..., O, H]."""
+        return self.attn(num_embeddings, offset=2 * self.hidden)
+
+    def __call__(self, leaf: jax.Array, keys: jax.Array, num_mask: jax.Array) -> jax.Array:
+        """leaf [B, 2H], keys from :meth:`keys` [B, O, H], num_mask [B, O] (True = a real number) -> [B, O]."""
+        scores = self.score(jnp.tanh(self.attn(leaf, add_bias=False)[:, None] + keys))[..., 0]
         return jnp.where(num_mask, scores, NEG_INF)
 
 
 class Prediction(nn.Module):
-    """Goal vector, context, operator logits and number scores for the goal being expanded."""
+    """Goal vector, context, operator logits and number scores for the goal being expanded.
+
+    What does not change from one decoder step to the next can be computed once and passed in:
+    ``attention_keys`` (of the encoder outputs), ``number_embeddings`` (generate-number embeddings, then the
+    encoder outputs at the number positions) and ``number_keys`` (of the number embeddings after this step's
+    dropout).
+    """
 
     hidden: int
     num_ops: int
     num_generate: int  # constants that are "generate numbers"
     dropout: float = 0.5
 
-    @nn.compact
+    def setup(self):
+        h = self.hidden
+        if self.num_generate:  # none (ASDiv-A): no zero-size parameter, which checkpoints cannot hold
+            self.embedding_weight = self.param(
+                "embedding_weight", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, None, "hidden")),
+                (1, self.num_generate, h))
+        self.concat_l = TorchDense(h, in_features=h)
+        self.concat_lg = TorchDense(h, in_features=h)
+        self.concat_r = TorchDense(h, in_features=2 * h)
+        self.concat_rg = TorchDense(h, in_features=2 * h)
+        self.attn = TreeAttn(h)
+        self.score = Score(h)
+        self.ops = TorchDense(self.num_ops, in_features=2 * h)
+        self.drop = nn.Dropout(self.dropout)
+
+    def number_embeddings(self, num_encodings: jax.Array) -> jax.Array:
+        """num_encodings [B, N, H] -> [B, G + N, H]."""
+        if not self.num_generate:
+            return num_encodings
+        generate = jnp.broadcast_to(self.embedding_weight, (num_encodings.shape[0],) + self.embedding_weight.shape[1:])
+        return jnp.concatenate([generate.astype(num_encodings.dtype), num_encodings], axis=1)
+
+    def attention_keys(self, encoder_outputs: jax.Array) -> jax.Array:
+        return self.attn.keys(encoder_outputs)
+
+    def number_keys(self, num_embeddings: jax.Array, deterministic: bool = True) -> jax.Array:
+        """Keys of ``num_embeddings`` [..., O, H] after dropout (one fresh mask over the whole array)."""
+        return self.score.keys(self.drop(num_embeddings, deterministic=deterministic))
+
     def __call__(self, goal, left, has_left, encoder_outputs, seq_mask, num_encodings, num_mask,
-                 deterministic: bool = True):
+                 deterministic: bool = True, attention_keys=None, number_embeddings=None, number_keys=None):
         """goal, left [B, H]; has_left [B]; encoder_outputs [B, S, H]; seq_mask [B, S]; num_encodings
-        [B, N, H] (encoder outputs at the number positions); num_mask [B, G + N].
+        [B, N, H] (encoder outputs at the number positions; unused when ``number_embeddings`` is given);
+        num_mask [B, G + N].
 
         Returns ``(num_score [B, G+N], op [B, num_ops], q [B, H], context [B, H], num_embeddings [B, G+N, H])``.
         """
-        drop = nn.Dropout(self.dropout, deterministic=deterministic)
-        if self.num_generate:
-            generate_weight = self.param(
-                "embedding_weight", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, None, "hidden")),
-                (1, self.num_generate, self.hidden))
-        else:  # no constants (ASDiv-A): no zero-size parameter, which checkpoints cannot hold
-            generate_weight = jnp.zeros((1, 0, self.hidden), goal.dtype)
+        drop = functools.partial(self.drop, deterministic=deterministic)
+        if attention_keys is None:
+            attention_keys = self.attention_keys(encoder_outputs)
+        if number_embeddings is None:
+            number_embeddings = self.number_embeddings(num_encodings)
+        if number_keys is None:
+            number_keys = self.number_keys(number_embeddings, deterministic)
         c, l_ = drop(goal), drop(left)
-        no_left = jnp.tanh(TorchDense(self.hidden, name="concat_l")(c)) * jax.nn.sigmoid(
-            TorchDense(self.hidden, name="concat_lg")(c))
+        no_left = jnp.tanh(self.concat_l(c)) * jax.nn.sigmoid(self.concat_lg(c))
         both = jnp.concatenate([l_, c], axis=-1)
-        with_left = jnp.tanh(TorchDense(self.hidden, name="concat_r")(both)) * jax.nn.sigmoid(
-            TorchDense(self.hidden, name="concat_rg")(both))
+        with_left = jnp.tanh(self.concat_r(both)) * jax.nn.sigmoid(self.concat_rg(both))
         q = jnp.where(has_left[:, None], with_left, no_left)
-        q_dropped = drop(q)
-        weights = TreeAttn(self.hidden, name="attn")(q_dropped, encoder_outputs, seq_mask)
+        weights = self.attn(drop(q), attention_keys, seq_mask)
         context = jnp.einsum("bs,bsh->bh", weights, encoder_outputs)
-        batch = goal.shape[0]
-        num_embeddings = jnp.concatenate(
-            [jnp.broadcast_to(generate_weight, (batch,) + generate_weight.shape[1:]), num_encodings], axis=1)
         leaf = drop(jnp.concatenate([q, context], axis=-1))
-        num_score = Score(self.hidden, name="score")(leaf, drop(num_embeddings), num_mask)
-        op = TorchDense(self.num_ops, name="ops")(leaf)
-        return num_score, op, q, context, num_embeddings
+        num_score = self.score(leaf, number_keys, num_mask)
+        op = self.ops(leaf)
+        return num_score, op, q, context, number_embeddings
 
 
 class GenerateNode(nn.Module):
@@ -163,6 +213,8 @@ class Merge(nn.Module):
 class DecoderStep(nn.Module):
     """One teacher-forced step of the tree decoder on a batch, driven by a host-side schedule
     (:mod:`smc_jax.models.tree_schedule`). Goal vectors and finished sub-trees live in buffers in the carry.
+    :meth:`prepare` computes, once per batch, what every step reads: the attention keys, the number
+    embeddings and the number keys of every step (each step's own dropout mask, drawn for all steps at once).
     """
 
     hidden: int
@@ -172,36 +224,45 @@ class DecoderStep(nn.Module):
     unk_id: int
     dropout: float = 0.5
 
-    @nn.compact
-    def __call__(self, carry, step, encoder_outputs, seq_mask, num_encodings, num_mask, targets,
+    def setup(self):
+        self.predict = Prediction(self.hidden, self.num_ops, self.num_generate, self.dropout)
+        self.generate = GenerateNode(self.hidden, self.num_ops, self.embedding_size, self.dropout)
+        self.merge = Merge(self.hidden, self.dropout)
+
+    def prepare(self, encoder_outputs, num_encodings, steps: int, deterministic: bool = True):
+        """-> ``(attention_keys [B, S, H], number_embeddings [B, G+N, H], number_keys [steps, B, G+N, H])``."""
+        attention_keys = self.predict.attention_keys(encoder_outputs)
+        number_embeddings = self.predict.number_embeddings(num_encodings)
+        per_step = jnp.broadcast_to(number_embeddings, (steps,) + number_embeddings.shape)
+        return attention_keys, number_embeddings, self.predict.number_keys(per_step, deterministic)
+
+    def __call__(self, carry, step, encoder_outputs, attention_keys, seq_mask, number_embeddings, num_mask, targets,
                  deterministic: bool = True):
         goals, subtrees = carry  # [B, 1 + 2L, H], [B, L, H]
-        t, node_slot, left_step, merge_op, merge_sub, target, candidates = step
+        t, node_slot, left_step, merge_op, merge_sub, target, candidates, number_keys = step
         batch = targets.shape[0]
         rows = jnp.arange(batch)
         goal = jnp.where((node_slot >= 0)[:, None], goals[rows, jnp.maximum(node_slot, 0)], 0.0)
         left = subtrees[rows, jnp.maximum(left_step, 0)]
-        predict = Prediction(self.hidden, self.num_ops, self.num_generate, self.dropout, name="predict")
-        num_score, op, q, context, num_embeddings = predict(
-            goal, left, left_step >= 0, encoder_outputs, seq_mask, num_encodings, num_mask, deterministic)
+        num_score, op, q, context, num_embeddings = self.predict(
+            goal, left, left_step >= 0, encoder_outputs, seq_mask, None, num_mask, deterministic,
+            attention_keys=attention_keys, number_embeddings=number_embeddings, number_keys=number_keys)
         logits = jnp.concatenate([op, num_score], axis=-1)
         # A target constant outside the vocabulary (UNK) becomes its best-scoring candidate number.
         best = jnp.argmax(jnp.where(candidates, num_score, -jnp.inf), axis=-1)
         target = jnp.where(target == self.unk_id, self.num_ops + best, target)
 
-        generate = GenerateNode(self.hidden, self.num_ops, self.embedding_size, self.dropout, name="generate")
         is_op = target < self.num_ops
-        left_goal, right_goal, _ = generate(q, jnp.where(is_op, target, 0), context, deterministic)
+        left_goal, right_goal, _ = self.generate(q, jnp.where(is_op, target, 0), context, deterministic)
         goals = goals.at[:, 1 + 2 * t].set(left_goal).at[:, 2 + 2 * t].set(right_goal)
 
-        merge = Merge(self.hidden, self.dropout, name="merge")
-        op_table = nn.meta.unbox(generate.variables["params"]["embeddings"])
+        op_table = nn.meta.unbox(self.generate.variables["params"]["embeddings"])
         current = num_embeddings[rows, jnp.clip(target - self.num_ops, 0, num_embeddings.shape[1] - 1)]
         for j in range(merge_op.shape[-1]):  # the cascade of sub-trees this number closes, innermost first
             active = merge_op[:, j] >= 0
             op_token = targets[rows, jnp.maximum(merge_op[:, j], 0)]
-            merged = merge(op_table[op_token], subtrees[rows, jnp.maximum(merge_sub[:, j], 0)], current,
-                           deterministic)
+            merged = self.merge(op_table[op_token], subtrees[rows, jnp.maximum(merge_sub[:, j], 0)], current,
+                                deterministic)
             current = jnp.where(active[:, None], merged, current)
         subtrees = subtrees.at[:, t].set(jnp.where(is_op[:, None], subtrees[:, t], current))
         return (goals, subtrees), (logits, target)
@@ -233,11 +294,8 @@ class GTS(nn.Module):
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")))
         self.encoder = LSTM(self.hidden, self.num_layers, bidirectional=True, dropout=self.dropout)
         self.em_dropout = nn.Dropout(self.dropout)
-        self.decoder = nn.scan(
-            DecoderStep, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            out_axes=1,
-        )(self.hidden, self.num_ops, self.num_generate, self.embedding_size, self.unk_id, self.dropout)
+        self.decoder = DecoderStep(self.hidden, self.num_ops, self.num_generate, self.embedding_size, self.unk_id,
+                                   self.dropout)
 
     def encode(self, input_ids, lengths, deterministic: bool = True):
         """input_ids [B, S] (0 = padding), lengths [B] -> (encoder_outputs [B, S, H], problem [B, H])."""
@@ -265,10 +323,26 @@ class GTS(nn.Module):
         goals = jnp.zeros((batch_size, 1 + 2 * steps, self.hidden), problem.dtype).at[:, 0].set(problem)
         subtrees = jnp.zeros((batch_size, steps, self.hidden), problem.dtype)
         swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+        attention_keys, number_embeddings, number_keys = self.decoder.prepare(
+            encoder_outputs, num_encodings, steps, deterministic)
         xs = (jnp.arange(steps), swap(batch["node_slot"]), swap(batch["left_step"]), swap(batch["merge_op"]),
-              swap(batch["merge_sub"]), swap(batch["targets"]), swap(batch["unk_candidates"]))
-        _, (logits, targets) = self.decoder((goals, subtrees), xs, encoder_outputs, seq_mask, num_encodings,
-                                            num_mask, batch["targets"], deterministic)
+              swap(batch["merge_sub"]), swap(batch["targets"]), swap(batch["unk_candidates"]), number_keys)
+        context = (encoder_outputs, attention_keys, seq_mask, number_embeddings, num_mask, batch["targets"])
+        if self.is_initializing():  # one step creates the decoder's parameters
+            _, (logits, targets) = self.decoder((goals, subtrees), jax.tree.map(lambda x: x[0], xs), *context,
+                                                deterministic)
+            return logits[:, None], targets[:, None]
+        step_module = DecoderStep(self.hidden, self.num_ops, self.num_generate, self.embedding_size, self.unk_id,
+                                  self.dropout, parent=None)
+        variables = {"params": nn.meta.unbox(self.variables["params"]["decoder"])}
+        key = None if deterministic else self.make_rng("dropout")
+
+        def body(carry, step):
+            rngs = {} if key is None else {"dropout": jax.random.fold_in(key, step[0])}
+            return step_module.apply(variables, carry, step, *context, deterministic, rngs=rngs)
+
+        _, (logits, targets) = lax.scan(body, (goals, subtrees), xs)
+        logits, targets = swap(logits), swap(targets)
         return logits, targets
 
     def beam_search(self, batch: dict, beam_size: int = 5, max_length: int = 45) -> dict:
@@ -295,7 +369,13 @@ class GTS(nn.Module):
         num_slots = self.num_generate + batch["num_pos"].shape[1]
         vocab = self.num_ops + num_slots
         tile = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B, ...] -> [B·K, ...], beams of a problem adjacent
-        num_encodings = tile(encoder_outputs[jnp.arange(batch_size)[:, None], batch["num_pos"]])
+        # what every step reads, computed once per problem
+        apply = functools.partial(predict.apply, {"params": dec["predict"]})
+        attention_keys = tile(apply(encoder_outputs, method=Prediction.attention_keys))
+        num_embeddings = apply(encoder_outputs[jnp.arange(batch_size)[:, None], batch["num_pos"]],
+                               method=Prediction.number_embeddings)
+        number_keys = tile(apply(num_embeddings, method=Prediction.number_keys))
+        num_embeddings = tile(num_embeddings)
         real = tile(self.num_generate + batch["num_count"])[:, None]
         num_mask = jnp.arange(num_slots)[None] < real
         token_ok = jnp.arange(vocab)[None] < self.num_ops + real  # padded number slots are never candidates
@@ -324,9 +404,9 @@ class GTS(nn.Module):
             t, s, scores = carry
             top, has_left = top_tree(s)
             goal = s["goals"][rows, jnp.maximum(s["goal_ptr"] - 1, 0)]
-            num_score, op, q, context, num_embeddings = predict.apply(
-                {"params": dec["predict"]}, goal, s["trees"][rows, top], has_left, encoder_outputs, seq_mask,
-                num_encodings, num_mask)
+            num_score, op, q, context, _ = predict.apply(
+                {"params": dec["predict"]}, goal, s["trees"][rows, top], has_left, encoder_outputs, seq_mask, None,
+                num_mask, attention_keys=attention_keys, number_embeddings=num_embeddings, number_keys=number_keys)
             log_probs = jax.nn.log_softmax(jnp.concatenate([op, num_score], axis=-1).astype(jnp.float32), axis=-1)
             candidates = jnp.where(token_ok, scores[:, None] + log_probs, -jnp.inf)
             carried = jnp.where(jnp.arange(vocab)[None] == 0, scores[:, None], -jnp.inf)

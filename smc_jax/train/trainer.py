@@ -102,7 +102,18 @@ class Progress:
             sys.stderr.flush()
 
 
-def _train_step(task: Any, tx: optax.GradientTransformation, hint: bool):
+def init_state(params: PyTree, tx: optax.GradientTransformation, seed: int) -> dict[str, Any]:
+    """The train state: step counter, a copy of ``params`` (the step donates its state, not the caller's
+    arrays), the optimizer state and the dropout key data."""
+    params = jax.tree.map(jnp.array, params)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 2))}
+
+
+def train_step(task: Any, tx: optax.GradientTransformation, hint: bool):
+    """The jitted, donated step ``(state, batch) -> (state, loss)``; ``hint`` is the mask-update hint of
+    :func:`smc_jax.sparsity.sparse_optimizer` for the steps it runs."""
+
     def step(state, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         loss, grads = jax.value_and_grad(task.loss)(state["params"], batch, key)
@@ -137,9 +148,7 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
     steps_per_epoch = task.steps_per_epoch
     total = steps_per_epoch * int(num_epochs)
     tx = sp.sparse_optimizer(task.optimizer(steps_per_epoch), algorithm, masks, total)
-    params = jax.tree.map(jnp.array, params)  # a copy: the train step donates its state, not the caller's arrays
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-             "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 2))}
+    state = init_state(params, tx, seed)
     checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
     metrics_path = workdir / "metrics.jsonl"
     meta = {"epoch": 0, "batch": 0, "best": None, "best_step": None, "final": None, "wall_time_s": 0.0,
@@ -167,7 +176,7 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
         for batch in batches[int(meta["batch"]) if epoch == meta["epoch"] else 0:]:
             hint = (step + 1) in updates
             if hint not in steps:
-                steps[hint] = _train_step(task, tx, hint)
+                steps[hint] = train_step(task, tx, hint)
             state, loss = steps[hint](state, batch)
             pending.append(loss)
             step += 1
