@@ -1,10 +1,11 @@
+import pytest
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from smc_jax.models.gts import GTS, GenerateNode, Merge, Prediction, masked_cross_entropy
+from smc_jax.models.gts import GTS, GenerateNode, Merge, Prediction, make_loss, masked_cross_entropy
 from smc_jax.models.tree_schedule import batch_schedule
 
 OPS, G, N, H, E = 4, 2, 3, 8, 6
@@ -81,7 +82,7 @@ def test_batched_teacher_forcing_equals_the_step_by_step_reference():
     batch = make_batch()
     m = model()
     params = nn.meta.unbox(m.init(jax.random.key(0), batch))["params"]
-    logits, targets = jax.jit(lambda p, b: m.apply({"params": p}, b, method=GTS.teacher_forced))(params, batch)
+    logits, targets, _ = jax.jit(lambda p, b: m.apply({"params": p}, b, method=GTS.teacher_forced))(params, batch)
     for b, target in enumerate(TARGETS):
         expected = reference_logits(m, params, batch, b)
         np.testing.assert_allclose(np.asarray(logits[b, : len(target)]), np.asarray(expected), rtol=1e-4, atol=1e-4)
@@ -98,13 +99,13 @@ def test_padding_never_changes_an_example():
     batch = make_batch()
     m = model()
     params = nn.meta.unbox(m.init(jax.random.key(0), batch))["params"]
-    full, _ = m.apply({"params": params}, batch, method=GTS.teacher_forced)
+    full, _, _ = m.apply({"params": params}, batch, method=GTS.teacher_forced)
     alone = {k: v[1:2] for k, v in batch.items()}
     alone = {**alone, "input_ids": alone["input_ids"][:, :4], "targets": alone["targets"][:, :3],
              "node_slot": alone["node_slot"][:, :3], "left_step": alone["left_step"][:, :3],
              "merge_op": alone["merge_op"][:, :3], "merge_sub": alone["merge_sub"][:, :3],
              "unk_candidates": alone["unk_candidates"][:, :3, :G + 2], "num_pos": alone["num_pos"][:, :2]}
-    single, _ = m.apply({"params": params}, alone, method=GTS.teacher_forced)
+    single, _, _ = m.apply({"params": params}, alone, method=GTS.teacher_forced)
     np.testing.assert_allclose(np.asarray(single[0, :, :OPS + G + 2]), np.asarray(full[1, :3, :OPS + G + 2]),
                                rtol=1e-5, atol=1e-5)
 
@@ -133,3 +134,22 @@ def test_masked_cross_entropy_divides_by_the_total_length():
     targets = jnp.array([[0, 1], [1, 0]])
     loss = masked_cross_entropy(logits, targets, jnp.array([2, 1]))
     np.testing.assert_allclose(float(loss), -(np.log(0.5) + np.log(0.75) + np.log(0.1)) / 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_deferred_weight_gradients_equal_autodiff(dropout):
+    """make_loss's custom gradient (decoder kernels' gradients as one matmul after the scan) is autodiff's."""
+    batch = make_batch()
+    m = model()
+    params = nn.meta.unbox(m.init(jax.random.key(0), batch))["params"]
+    key = jax.random.key(3) if dropout else None
+    rngs = {"dropout": key} if dropout else {}
+    reference = jax.jit(jax.value_and_grad(
+        lambda p: m.apply({"params": p}, batch, deterministic=not dropout, rngs=rngs)))(params)
+    fast = jax.jit(jax.value_and_grad(lambda p: make_loss(m)(p, batch, key)))(params)
+    np.testing.assert_allclose(float(fast[0]), float(reference[0]), rtol=1e-6)
+    flat_ref = dict(jax.tree_util.tree_flatten_with_path(reference[1])[0])
+    for path, g in jax.tree_util.tree_flatten_with_path(fast[1])[0]:
+        np.testing.assert_allclose(np.asarray(g), np.asarray(flat_ref[path]), rtol=2e-4, atol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
+    assert float(jnp.abs(fast[1]["decoder"]["generate"]["generate_l"]["kernel"]).sum()) > 0

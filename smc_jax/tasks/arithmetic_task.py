@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from smc_jax.models.gts import GTS
+from smc_jax.models.gts import GTS, make_loss
 from smc_jax.models.tree_schedule import batch_schedule, example_schedule
 from smc_jax.tasks import arithmetic as data
 
@@ -216,11 +216,14 @@ class ArithmeticTask:
         batch = self._batch(range(min(self.batch_size, len(self.train))))
         return nn.meta.unbox(self.model.init(key, jax.tree.map(jnp.asarray, batch)))["params"]
 
+    @functools.cached_property
+    def _loss(self):
+        return make_loss(self.model)
+
     def loss(self, params: PyTree, batch: dict[str, jax.Array], key: jax.Array | None = None) -> jax.Array:
-        """Masked cross-entropy with dropout on (``key``) or off (``None``)."""
-        if key is None:
-            return self.model.apply({"params": params}, batch)
-        return self.model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": key})
+        """Masked cross-entropy with dropout on (``key``) or off (``None``); its gradient computes the decoder's
+        weight gradients outside the step loop (:func:`smc_jax.models.gts.make_loss`)."""
+        return self._loss(params, batch, key)
 
     def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
         """Adam with L2 (added to the gradient) in two groups, each with StepLR by epoch (SPEC §1.2)."""
