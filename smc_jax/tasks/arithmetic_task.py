@@ -106,7 +106,8 @@ class ArithmeticTask:
     - optimizer: ``lr`` 1e-3, ``emb_lr`` 8e-6 (embedding group), ``weight_decay`` 1e-5 (Adam L2, added to
       the gradient), ``lr_step_epochs`` 20 and ``lr_gamma`` 0.5 (``StepLR`` per epoch).
     - decoding: ``beam_size`` 5, ``max_output_length`` 45, ``eval_batch_size`` problems per jitted call.
-    - padding: ``input_buckets``, ``target_buckets`` (lengths a batch is padded to).
+    - padding: ``input_buckets``, ``target_buckets`` (lengths a batch is padded to; the decoder runs every
+      step of its target bucket, so the common short targets get buckets of their own).
     """
 
     dataset: str = "mawps"
@@ -129,7 +130,7 @@ class ArithmeticTask:
     max_output_length: int = 45
     eval_batch_size: int = 128
     input_buckets: tuple[int, ...] = (32, 48, 64, 96, 128)
-    target_buckets: tuple[int, ...] = (8, 16, 32, 48)
+    target_buckets: tuple[int, ...] = (5, 7, 9, 16, 32, 48)
 
     model_name = "gts"
     metric = "value_accuracy"
@@ -196,10 +197,11 @@ class ArithmeticTask:
     # ------------------------------------------------------------------ batches
     def _batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         examples = [self.train[i] for i in indices]
+        target_length = bucket(max(len(e.target_ids) for e in examples), self.target_buckets)
+        # a prefix expression of length T closes at most (T - 1) // 2 sub-trees with one number
+        depth = max(1, min(self.merge_depth, (target_length - 1) // 2))
         return make_batch(examples, self.vocab, self.batch_size,
-                          bucket(max(len(e.input_ids) for e in examples), self.input_buckets),
-                          bucket(max(len(e.target_ids) for e in examples), self.target_buckets),
-                          self.merge_depth)
+                          bucket(max(len(e.input_ids) for e in examples), self.input_buckets), target_length, depth)
 
     def train_batches(self, seed: int, epoch: int) -> list[dict[str, np.ndarray]]:
         """The padded batches of epoch ``epoch``, in order (SPEC §1.2 step 6; same for a resumed run)."""
