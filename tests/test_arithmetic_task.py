@@ -1,5 +1,6 @@
 """ArithmeticTask: padded batches, UNK candidates, the optimizer of SPEC §1.2, evaluation plumbing."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def test_task_on_real_mawps_fold():
     result = task.evaluate(params)
     assert result["num_eval"] == 6 and 0 <= result["value_accuracy"] <= 100
     assert len(task.predict(params)) == 6
+    assert "train_value_accuracy" not in result  # the training set is decoded only when asked
+    shown = dataclasses.replace(task, show_train_accuracy=True).evaluate(params)
+    assert 0 <= shown["train_value_accuracy"] <= 100 and shown["value_accuracy"] == result["value_accuracy"]
+    # a batch's merge-cascade width is bounded by its target bucket: (T - 1) // 2, at least 1
+    short = dataclasses.replace(task, target_buckets=(5, 16))
+    widths = {b["targets"].shape[1]: b["merge_op"].shape[2] for b in short.train_batches(seed=1, epoch=0)}
+    assert all(w == max(1, min(short.merge_depth, (t - 1) // 2)) for t, w in widths.items())
 
 
 @needs_data

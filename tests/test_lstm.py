@@ -88,3 +88,47 @@ def test_gradients_flow_and_dropout_needs_an_rng():
     train = module.apply({"params": params}, x, lengths, deterministic=False, rngs={"dropout": jax.random.key(2)})
     evaluation = module.apply({"params": params}, x, lengths)
     assert not np.allclose(np.asarray(train), np.asarray(evaluation))
+
+
+def test_recurrence_gradient_equals_autodiff_of_a_scan():
+    """The custom VJP (reverse loop over max(lengths) steps, weight gradient as one matmul) is autodiff's."""
+    from jax import lax
+
+    from smc_jax.models.lstm import lstm_recurrence
+
+    steps, batch, hidden = 7, 3, 5
+    keys = jax.random.split(jax.random.key(0), 8)
+    gates_x = tuple(jax.random.normal(keys[d], (steps, batch, 4 * hidden)) for d in range(2))
+    w_hh = tuple(0.5 * jax.random.normal(keys[2 + d], (hidden, 4 * hidden)) for d in range(2))
+    lengths = jnp.array([5, 2, 3])  # max 5 < 7: the last two steps are padding for every row
+    weights = [jax.random.normal(keys[4 + j], (2, steps, batch, hidden)) for j in range(1)] + \
+        [jax.random.normal(keys[5 + j], (2, batch, hidden)) for j in range(2)]
+
+    def reference(gx, w):
+        def step(carry, inputs):
+            h, c = carry
+            g_x, t = inputs
+            i, f, g, o = jnp.split(g_x + h @ w, 4, axis=-1)
+            c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+            keep = (t < lengths)[:, None]
+            return (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)), jnp.where(keep, h_new, 0)
+
+        zeros = jnp.zeros((batch, hidden))
+        (h, c), out = lax.scan(step, (zeros, zeros), (gx, jnp.arange(steps)))
+        return out, h, c
+
+    def loss(fn):
+        def value(gx, w):
+            outs = fn(gx, w)
+            return sum(jnp.sum(wt[d] * o[d]) for wt, o in zip(weights, outs) for d in range(2))
+        return value
+
+    ours = jax.grad(loss(lambda gx, w: lstm_recurrence(gx, w, lengths)), argnums=(0, 1))(gates_x, w_hh)
+    by_direction = [reference(gates_x[d], w_hh[d]) for d in range(2)]
+    expected = jax.grad(loss(lambda gx, w: tuple(zip(*[reference(gx[d], w[d]) for d in range(2)]))),
+                        argnums=(0, 1))(gates_x, w_hh)
+    assert by_direction[0][0].shape == (steps, batch, hidden)
+    for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    assert float(jnp.abs(ours[1][0]).sum()) > 0

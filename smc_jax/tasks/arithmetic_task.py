@@ -106,6 +106,8 @@ class ArithmeticTask:
     - optimizer: ``lr`` 1e-3, ``emb_lr`` 8e-6 (embedding group), ``weight_decay`` 1e-5 (Adam L2, added to
       the gradient), ``lr_step_epochs`` 20 and ``lr_gamma`` 0.5 (``StepLR`` per epoch).
     - decoding: ``beam_size`` 5, ``max_output_length`` 45, ``eval_batch_size`` problems per jitted call.
+    - ``show_train_accuracy``: also decode the training set after every epoch (the original always does;
+      off by default).
     - padding: ``input_buckets``, ``target_buckets`` (lengths a batch is padded to; the decoder runs every
       step of its target bucket, so the common short targets get buckets of their own).
     """
@@ -131,6 +133,7 @@ class ArithmeticTask:
     eval_batch_size: int = 128
     input_buckets: tuple[int, ...] = (32, 48, 64, 96, 128)
     target_buckets: tuple[int, ...] = (5, 7, 9, 16, 32, 48)
+    show_train_accuracy: bool = False
 
     model_name = "gts"
     metric = "value_accuracy"
@@ -186,7 +189,7 @@ class ArithmeticTask:
 
     def config(self) -> dict[str, Any]:
         """The settings that decide a dense run's result (the dense-workdir hash reads them)."""
-        skip = {"data_dir", "eval_batch_size"}
+        skip = {"data_dir", "eval_batch_size", "show_train_accuracy"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
     def describe(self) -> str:
@@ -248,15 +251,13 @@ class ArithmeticTask:
         return jax.jit(functools.partial(self.model.apply, method=GTS.beam_search, beam_size=self.beam_size,
                                          max_length=self.max_output_length))
 
-    @functools.cached_property
-    def eval_batches(self) -> list[tuple[int, dict[str, np.ndarray]]]:
-        """``(count, batch)`` chunks of the dev set, each padded to ``eval_batch_size`` rows and one length
-        (built once: the dev set never changes)."""
-        size = min(self.eval_batch_size, len(self.dev))
-        length = bucket(max(len(e.input_ids) for e in self.dev), self.input_buckets)
+    def _chunks(self, examples: Sequence[data.Encoded]) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """``(count, batch)`` chunks of ``examples``, each padded to ``eval_batch_size`` rows and one length."""
+        size = min(self.eval_batch_size, len(examples))
+        length = bucket(max(len(e.input_ids) for e in examples), self.input_buckets)
         out = []
-        for start in range(0, len(self.dev), size):
-            chunk = self.dev[start:start + size]
+        for start in range(0, len(examples), size):
+            chunk = list(examples[start:start + size])
             rows = chunk + [chunk[0]] * (size - len(chunk))
             input_ids = np.zeros((size, length), np.int32)
             num_pos = np.zeros((size, self.vocab.copy_nums), np.int32)
@@ -268,9 +269,20 @@ class ArithmeticTask:
                 "num_pos": num_pos, "num_count": np.array([len(e.num_pos) for e in rows], np.int32)}))
         return out
 
-    def predict(self, params: PyTree) -> list[list[int]]:
-        """Beam-search token ids of every dev problem (one jitted call per chunk, all dispatched first)."""
-        pending = [(count, self._decode({"params": params}, batch)) for count, batch in self.eval_batches]
+    @functools.cached_property
+    def eval_batches(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """The dev set's decoding chunks (built once: the dev set never changes)."""
+        return self._chunks(self.dev)
+
+    @functools.cached_property
+    def train_eval_batches(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+        return self._chunks(self.train)
+
+    def predict(self, params: PyTree, chunks: list | None = None) -> list[list[int]]:
+        """Beam-search token ids of every dev problem (or of ``chunks``), one jitted call per chunk, all
+        dispatched before the first result is read."""
+        pending = [(count, self._decode({"params": params}, batch))
+                   for count, batch in (self.eval_batches if chunks is None else chunks)]
         predictions = []
         for count, out in pending:
             tokens, lengths = jax.device_get((out["tokens"], out["length"]))
@@ -278,5 +290,12 @@ class ArithmeticTask:
         return predictions
 
     def evaluate(self, params: PyTree) -> dict[str, float]:
-        """Value and equation accuracy (%) on the dev split, with ``num_eval`` and the correct counts."""
-        return data.accuracy(self.predict(params), self.dev, self.vocab)
+        """Value and equation accuracy (%) on the dev split, with ``num_eval`` and the correct counts; with
+        ``show_train_accuracy``, also ``train_value_accuracy`` and ``train_equation_accuracy`` (the original
+        decodes the whole training set every epoch; off by default, it costs more than the dev evaluation)."""
+        result = data.accuracy(self.predict(params), self.dev, self.vocab)
+        if self.show_train_accuracy:
+            train = data.accuracy(self.predict(params, self.train_eval_batches), self.train, self.vocab)
+            result.update(train_value_accuracy=train["value_accuracy"],
+                          train_equation_accuracy=train["equation_accuracy"])
+        return result
