@@ -212,29 +212,21 @@ def _declare(module: nn.Module, kind: str, hidden: int, num_ops: int, num_genera
 
 
 class DecoderParams(nn.Module):
-    """All decoder parameters: ``predict``, ``generate`` and ``merge`` groups (the original's ``Prediction``,
-    ``GenerateNode`` and ``Merge``); calling it returns them (declaring them at init)."""
+    """The decoder's parameters, returned when called (declared at init): ``kind='decoder'`` gives the
+    ``predict``, ``generate`` and ``merge`` groups (the original's ``Prediction``, ``GenerateNode`` and
+    ``Merge``), each declared by a ``DecoderParams`` of that ``kind``."""
 
     hidden: int
     num_ops: int
     num_generate: int
     embedding_size: int
+    kind: str = "decoder"
 
     @nn.compact
     def __call__(self) -> dict:
-        return {kind: _Group(kind, self.hidden, self.num_ops, self.num_generate, self.embedding_size, name=kind)()
-                for kind in ("predict", "generate", "merge")}
-
-
-class _Group(nn.Module):
-    kind: str
-    hidden: int
-    num_ops: int
-    num_generate: int
-    embedding_size: int
-
-    @nn.compact
-    def __call__(self) -> dict:
+        if self.kind == "decoder":
+            return {kind: DecoderParams(self.hidden, self.num_ops, self.num_generate, self.embedding_size, kind,
+                                        name=kind)() for kind in ("predict", "generate", "merge")}
         return _declare(self, self.kind, self.hidden, self.num_ops, self.num_generate, self.embedding_size)
 
 
@@ -405,17 +397,14 @@ class GTS(nn.Module):
             jax.eval_shape(functools.partial(run, dry), (goals, subtrees), jax.tree.map(lambda x: x[0], xs))
             keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout, (steps, sum(dry.drop_sizes)))
 
+        stacked = isinstance(probes, dict)  # zero probes stacked over steps; "record" and None apply to all
+
         def body(carry, inputs):
             step, step_keep, step_probes = inputs
-            ops = StepOps(keep=step_keep, rate=self.dropout, probes=step_probes, paths=paths)
+            ops = StepOps(keep=step_keep, rate=self.dropout, probes=step_probes if stacked else probes, paths=paths)
             return run(ops, carry, step)
 
-        if isinstance(probes, str) or probes is None:  # record / none: the same probes every step
-            body_probes = probes
-            scan = lambda c, inputs: body(c, (inputs[0], inputs[1], body_probes))  # noqa: E731
-            _, (logits, targets, tapped) = lax.scan(scan, (goals, subtrees), (xs, keep))
-        else:
-            _, (logits, targets, tapped) = lax.scan(body, (goals, subtrees), (xs, keep, probes))
+        _, (logits, targets, tapped) = lax.scan(body, (goals, subtrees), (xs, keep, probes if stacked else None))
         return swap(logits), swap(targets), tapped
 
     def beam_search(self, batch: dict, beam_size: int = 5, max_length: int = 45) -> dict:
