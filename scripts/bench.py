@@ -5,7 +5,8 @@ training throughput of the real train step (the engine's jitted, donated step wi
 in problems/s, and the beam-search evaluation of the whole dev split in problems/s, for dense, static
 sparse 0.5 (Random (Before)) and RigL 0.5 (its mask-update step timed on its own and added at its real
 frequency). Every distinct batch shape is compiled first; compile time is reported separately; figures
-are medians of ``--rounds`` rounds (a round: ``--round_steps`` consecutive batches of the epoch order).
+are medians of ``--rounds`` rounds (a round: ``--round_steps`` consecutive batches of the epoch order, run
+for every configuration in turn, so machine drift hits them alike); a timing waits for the whole step.
 
 ``sparsity``: on a BERT-base-shaped parameter tree (~110M weights, random values; 2-D leaves prunable),
 times one global-magnitude prune, one RigL update, and one jitted, donated step of update + apply of
@@ -157,63 +158,68 @@ def bench_gts(args: argparse.Namespace) -> None:
     rules = MaskRules(exclude=("decoder/predict/embedding_weight",), exclude_for={"rigl": (".*merge.*",)})
     params0 = task.init_params(jax.random.key(0))
     order = [b for epoch in range(args.rounds + 1) for b in task.train_batches(6174, epoch)]
-    rows = []
-    for name in args.configs.split(","):
+    configs = {}
+    for name in args.configs.split(","):  # build and compile every configuration first
         algorithm = _gts_algorithm(name, args.update_frequency)
         masks = algorithm.init_masks(params0, rules.masks(params0, algorithm.name), key=jax.random.key(1))
         tx = sp.sparse_optimizer(task.optimizer(steps_per_epoch), algorithm, masks, total)
         state = init_state(sp.apply_masks(params0, masks), tx, seed=0)
-        step_fn = {False: train_step(task, tx, False), True: train_step(task, tx, True)}
+        run_step = train_step(task, tx)
 
         compile_started = time.perf_counter()  # one step of every batch shape (plus an update step)
         shapes = {}
         for batch in order:
             shapes.setdefault(tuple(v.shape for v in batch.values()), batch)
         for batch in shapes.values():
-            state, loss = step_fn[False](state, batch)
-        jax.block_until_ready(loss)
-        update_s = None
+            state, loss = run_step(state, batch, False)
         if algorithm.dynamic:
-            batch = order[0]
-            state, loss = step_fn[True](state, batch)
-            jax.block_until_ready(loss)
+            state, loss = run_step(state, order[0], True)
+        jax.block_until_ready(state)  # the whole step, not just the loss (the update may run after it)
         compile_s = time.perf_counter() - compile_started
+        update_s = None
         if algorithm.dynamic:  # the update step's extra cost over a plain step, on one batch
             timed = []
             for hint in (True, False) * 3:
                 start = time.perf_counter()
-                state, loss = step_fn[hint](state, batch)
-                jax.block_until_ready(loss)
+                state = run_step(state, order[0], hint)[0]
+                jax.block_until_ready(state)
                 timed.append((hint, time.perf_counter() - start))
             update_s = (statistics.median(t for h, t in timed if h) - statistics.median(t for h, t in timed if not h))
+        configs[name] = dict(algorithm=algorithm, state=state, run_step=run_step, compile_s=compile_s,
+                             update_s=update_s, rates=[])
+        print(f"{name}: compiled in {compile_s:.1f} s", flush=True)
 
-        rates = []
-        for r in range(args.rounds):
-            batches = order[r * args.round_steps:(r + 1) * args.round_steps]
-            real = sum(int((b["target_lengths"] > 0).sum()) for b in batches)
+    for r in range(args.rounds):  # rounds interleave the configurations, so drift hits them alike
+        batches = order[r * args.round_steps:(r + 1) * args.round_steps]
+        real = sum(int((b["target_lengths"] > 0).sum()) for b in batches)
+        for name, c in configs.items():
+            state, run_step = c["state"], c["run_step"]
             start = time.perf_counter()
             for batch in batches:
-                state, loss = step_fn[False](state, batch)
-            jax.block_until_ready(loss)
-            rates.append(real / (time.perf_counter() - start))
-        train_rate = statistics.median(rates)
-        epoch_s = problems / train_rate
-        updates_per_epoch = steps_per_epoch / args.update_frequency if algorithm.dynamic else 0.0
-        if update_s is not None:
-            epoch_s += updates_per_epoch * update_s
+                state, loss = run_step(state, batch, False)
+            jax.block_until_ready(state)
+            c["rates"].append(real / (time.perf_counter() - start))
+            c["state"] = state
 
+    rows = []
+    for name, c in configs.items():
+        train_rate = statistics.median(c["rates"])
+        epoch_s = problems / train_rate
+        if c["update_s"] is not None:
+            epoch_s += steps_per_epoch / args.update_frequency * c["update_s"]
         eval_started = time.perf_counter()
-        task.evaluate(state["params"])
+        task.evaluate(c["state"]["params"])
         eval_compile = time.perf_counter() - eval_started
         eval_times = []
         for _ in range(args.rounds):
             start = time.perf_counter()
-            task.evaluate(state["params"])
+            task.evaluate(c["state"]["params"])
             eval_times.append(time.perf_counter() - start)
         eval_s = statistics.median(eval_times)
-        eval_compile -= eval_s
-        rows.append((name, train_rate, epoch_s, task.num_eval / eval_s, eval_s, compile_s, eval_compile, update_s))
-        print(f"{name}: {train_rate:.1f} train problems/s (rounds {', '.join(f'{r:.1f}' for r in rates)}), "
+        eval_compile = max(0.0, eval_compile - eval_s)
+        rows.append((name, train_rate, epoch_s, task.num_eval / eval_s, eval_s, c["compile_s"], eval_compile,
+                     c["update_s"]))
+        print(f"{name}: {train_rate:.1f} train problems/s (rounds {', '.join(f'{r:.1f}' for r in c['rates'])}), "
               f"eval {eval_s:.2f} s", flush=True)
 
     print(f"\n{'config':8s} {'train prob/s':>12s} {'epoch s':>8s} {'eval prob/s':>12s} {'eval s':>7s} "

@@ -9,6 +9,10 @@ or a parameter such as ``TrainConfig.log_every``). A bad flag, an unknown macro,
 missing file, an unknown algorithm or a bad value prints one line and exits with status 2; rerunning an
 interrupted command resumes it from its last checkpoint. Results land in ``WORKDIR``: ``config.gin``,
 ``metrics.jsonl``, ``summary.json``, ``checkpoints/``.
+
+Compiled programs are kept on disk in ``$JAX_COMPILATION_CACHE_DIR`` (default ``~/.cache/smc_jax/jax``;
+set it to the empty string to turn the cache off): the runs of a sweep share their gradient programs and a
+resumed run does not compile again.
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ def _fail(message: str, status: int = 2) -> int:
     return status
 
 
+def _enable_compilation_cache() -> None:
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "smc_jax" / "jax"))
+    if path:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the flags, build the experiment from gin, run it; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -38,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from smc_jax.train import config, gin_utils, pipelines
 
+    _enable_compilation_cache()
     try:
         files, bindings, rest = gin_utils.split_gin_args(argv)
         if rest:

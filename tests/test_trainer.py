@@ -11,7 +11,7 @@ import pytest
 
 from smc_jax import sparsity as sp
 from smc_jax.train import pipelines
-from smc_jax.train.trainer import MaskRules, TrainConfig, fit
+from smc_jax.train.trainer import MaskRules, TrainConfig, fit, init_state, train_step
 
 
 @dataclasses.dataclass
@@ -132,3 +132,27 @@ def test_default_workdirs_name_the_coordinates():
     task = FakeTask()
     assert str(pipelines.default_workdir(task, sp.RigL(sparsity=0.738), 3)) == "runs/fake_rigl_s0.738_seed3_fold0"
     assert str(pipelines.default_workdir(task, sp.Dense(), 3, fold="all")) == "runs/fake_dense_seed3_foldall"
+
+
+@pytest.mark.parametrize("algorithm", [sp.Dense(), sp.RigL(sparsity=0.5, update_frequency=3)])
+def test_split_and_fused_steps_train_alike(algorithm):
+    """The gradient-then-update pair (CPU default) and the single program give the same states and losses."""
+    task = FakeTask()
+    params = task.init_params(jax.random.key(0))
+    masks = algorithm.init_masks(params, MaskRules().masks(params, algorithm.name), key=jax.random.key(1))
+    tx = sp.sparse_optimizer(task.optimizer(5), algorithm, masks, 10)
+    results = []
+    for split in (True, False):
+        state, run_step, losses = init_state(sp.apply_masks(params, masks), tx, 0), train_step(task, tx, split), []
+        for step, batch in enumerate(task.train_batches(0, 0) + task.train_batches(0, 1)):
+            state, loss = run_step(state, batch, (step + 1) in set(algorithm.update_steps(10)))
+            losses.append(float(loss))
+        results.append((state, losses))
+    (split_state, split_losses), (fused_state, fused_losses) = results
+    np.testing.assert_allclose(split_losses, fused_losses, rtol=1e-6)
+    assert int(split_state["step"]) == int(fused_state["step"]) == 10
+    for a, b in zip(jax.tree.leaves(split_state), jax.tree.leaves(fused_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    if algorithm.dynamic:  # the updates ran and moved the masks
+        assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(masks),
+                                                               jax.tree.leaves(sp.get_masks(split_state["opt_state"]))))

@@ -53,11 +53,13 @@ class MaskRules:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Loop settings: ``log_every`` steps between progress/metrics lines, ``progress`` (``'auto'``: a bar on
-    a terminal, plain lines otherwise; ``'bar'``; ``'lines'``; ``'off'``), ``keep_checkpoints`` (latest kept)."""
+    a terminal, plain lines otherwise; ``'bar'``; ``'lines'``; ``'off'``), ``keep_checkpoints`` (latest kept),
+    ``split_step`` (gradient and optimizer update as two programs; ``None``: on CPU only, see :func:`train_step`)."""
 
     log_every: int = 50
     progress: str = "auto"
     keep_checkpoints: int = 1
+    split_step: bool | None = None
 
     def __post_init__(self):
         if int(self.log_every) < 1:
@@ -110,18 +112,41 @@ def init_state(params: PyTree, tx: optax.GradientTransformation, seed: int) -> d
             "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 2))}
 
 
-def train_step(task: Any, tx: optax.GradientTransformation, hint: bool):
-    """The jitted, donated step ``(state, batch) -> (state, loss)``; ``hint`` is the mask-update hint of
-    :func:`smc_jax.sparsity.sparse_optimizer` for the steps it runs."""
+def train_step(task: Any, tx: optax.GradientTransformation, split: bool | None = None):
+    """The train step ``(state, batch, hint) -> (state, loss)``: jitted, the state donated; ``hint`` is the
+    mask-update hint of :func:`smc_jax.sparsity.sparse_optimizer` (a Python bool; one program per value).
 
-    def step(state, batch):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-        loss, grads = jax.value_and_grad(task.loss)(state["params"], batch, key)
+    ``split`` runs the step as two programs, the loss gradient and then the optimizer update, instead of
+    one. On XLA:CPU the pair is faster (GTS on MAWPS: ~142 ms against ~153 ms per step as one program,
+    measured with the GTS bench batches); ``None`` splits on CPU backends and fuses elsewhere. Both
+    dispatch asynchronously: no host sync either way."""
+    split = jax.default_backend() == "cpu" if split is None else bool(split)
+
+    def gradient(params, rng, step, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+        return jax.value_and_grad(task.loss)(params, batch, key)
+
+    def update(state, grads, hint):
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"], is_update_step=hint)
         params = optax.apply_updates(state["params"], updates)
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": state["rng"]}, loss
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": state["rng"]}
 
-    return jax.jit(step, donate_argnums=0)
+    if split:
+        gradient_fn = jax.jit(gradient)
+        update_fn = jax.jit(update, donate_argnums=0, static_argnums=2)
+
+        def step(state, batch, hint=False):
+            loss, grads = gradient_fn(state["params"], state["rng"], state["step"], batch)
+            return update_fn(state, grads, bool(hint)), loss
+
+        return step
+
+    def fused(state, batch, hint):
+        loss, grads = gradient(state["params"], state["rng"], state["step"], batch)
+        return update(state, grads, hint), loss
+
+    fused_fn = jax.jit(fused, donate_argnums=0, static_argnums=2)
+    return lambda state, batch, hint=False: fused_fn(state, batch, bool(hint))
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -162,7 +187,7 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
     step = int(meta.get("step", 0))
     updates = set(algorithm.update_steps(total)) if algorithm.dynamic else set()
     report_from = algorithm.window(total)[1] if isinstance(algorithm, sp.GMP) else 0
-    steps = {}
+    step_fn = train_step(task, tx, config.split_step)
     title = f"[{task.name}{'' if task.fold is None else f' fold {task.fold}'} {algorithm.name}]"
     progress = Progress(config.progress, total, title)
     if restored is not None:  # always said, even with progress off
@@ -174,10 +199,7 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
         train_started, first = time.perf_counter(), step
         batches = task.train_batches(seed, epoch)
         for batch in batches[int(meta["batch"]) if epoch == meta["epoch"] else 0:]:
-            hint = (step + 1) in updates
-            if hint not in steps:
-                steps[hint] = train_step(task, tx, hint)
-            state, loss = steps[hint](state, batch)
+            state, loss = step_fn(state, batch, (step + 1) in updates)
             pending.append(loss)
             step += 1
             if step % config.log_every == 0 or step == total:
