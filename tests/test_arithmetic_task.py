@@ -99,7 +99,7 @@ def test_optimizer_groups_l2_and_step_lr():
 
 @needs_data
 @pytest.mark.parametrize("field, value, message", [
-    ("pretrained", "roberta-base", "not wired yet"), ("batch_size", 0, "batch_size must be >= 1"),
+    ("number_positions", "shifted", "number_positions must be one of"), ("batch_size", 0, "batch_size must be >= 1"),
     ("max_train_examples", 0, "MAX_TRAIN_EXAMPLES"), ("fold", 9, "FOLD must be 0..4"),
     ("dataset", "gsm8k", "unknown arithmetic dataset"), ("dropout", 1.0, "dropout"),
 ])

@@ -321,7 +321,9 @@ def decoder_step(ops: StepOps, p: dict, carry, step, encoder_outputs, attn_keys,
 
 
 class GTS(nn.Module):
-    """GTS with learned embeddings (the GTS(S) setting): embedding -> 2-layer biLSTM -> tree decoder.
+    """GTS: embedding -> 2-layer biLSTM -> tree decoder. The embedding is learned (the GTS(S) setting) or a
+    pretrained BERT/RoBERTa encoder's last hidden state (``pretrained_encoder``, its params under
+    ``pretrained_name``, e.g. ``roberta/encoder/layer/0/...``; SPEC §1.2, the paper's RoBERTa-base setting).
 
     ``encode`` gives the encoder outputs (both directions summed) and the problem vector: the forward
     output at each problem's last real token plus the backward output at its first. (The original reads the
@@ -340,18 +342,27 @@ class GTS(nn.Module):
     embedding_size: int = 768
     num_layers: int = 2
     dropout: float = 0.5
+    pretrained_encoder: nn.Module | None = None  # called as (input_ids, attention_mask, deterministic=...)
+    pretrained_name: str = "roberta"
 
     def setup(self):
-        self.embedding = nn.Embed(
-            self.vocab_size, self.embedding_size,
-            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")))
+        if self.pretrained_encoder is None:
+            self.embedding = nn.Embed(
+                self.vocab_size, self.embedding_size,
+                embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")))
+        else:  # registered under its family's name, so masking rules read roberta/... or bert/...
+            setattr(self, self.pretrained_name, self.pretrained_encoder.clone())
         self.encoder = LSTM(self.hidden, self.num_layers, bidirectional=True, dropout=self.dropout)
         self.em_dropout = nn.Dropout(self.dropout)
         self.decoder = DecoderParams(self.hidden, self.num_ops, self.num_generate, self.embedding_size)
 
     def encode(self, input_ids, lengths, deterministic: bool = True):
-        """input_ids [B, S] (0 = padding), lengths [B] -> (encoder_outputs [B, S, H], problem [B, H])."""
-        embedded = jnp.where((input_ids == 0)[..., None], 0.0, self.embedding(input_ids))  # padding_idx=0
+        """input_ids [B, S] (padded past ``lengths``), lengths [B] -> (encoder_outputs [B, S, H], problem [B, H])."""
+        if self.pretrained_encoder is None:
+            embedded = jnp.where((input_ids == 0)[..., None], 0.0, self.embedding(input_ids))  # padding_idx=0
+        else:
+            attention_mask = (jnp.arange(input_ids.shape[1])[None] < lengths[:, None]).astype(jnp.int32)
+            embedded = getattr(self, self.pretrained_name)(input_ids, attention_mask, deterministic=deterministic)
         outputs = self.encoder(self.em_dropout(embedded, deterministic=deterministic), lengths, deterministic)
         forward, backward = outputs[..., : self.hidden], outputs[..., self.hidden:]
         last = jnp.maximum(lengths - 1, 0)

