@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -189,7 +188,7 @@ class ArithmeticTask:
 
         directory = hf.resolve_checkpoint_dir(self.pretrained)
         encoder, self.pretrained_params = hf.from_pretrained(str(directory))
-        self.pretrained_name = json.loads((directory / "config.json").read_text())["model_type"]
+        self.pretrained_name = hf.read_config(directory)["model_type"]
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
         if not getattr(self.tokenizer, "is_fast", False):
             raise ValueError(f"PRETRAINED={self.pretrained!r}: its tokenizer is not a fast tokenizer (number "
