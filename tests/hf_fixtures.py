@@ -105,3 +105,33 @@ def minilm_dir() -> Path | None:
 def rewrite_config(directory: Path, **changes) -> None:
     path = directory / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def tiny_commonsense_roberta(directory: Path, shared_data: Path) -> Path:
+    """A 2-layer, 32-wide random ``RobertaForMaskedLM`` (LM head included) and a byte-level BPE tokenizer
+    (800 tokens) trained on CommonsenseQA / WinoGrande / RACE text, saved as a checkpoint directory."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    from smc_jax.tasks import commonsense_data as cd
+
+    texts = []
+    for q in cd.load_split("csqa", "validation", shared_data / "commonsenseqa")[:400]:
+        texts += ["Q: " + q.question] + ["A: " + c for c in q.choices]
+    for e in cd.load_split("winogrande", "train", shared_data / "winogrande", size="xs"):
+        texts += [e.sentence, e.option1, e.option2]
+    for q in cd.load_split("race", "validation", shared_data / "race", levels=("middle",))[:100]:
+        texts += [q.context, q.question, *q.choices]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=800, min_frequency=2,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tokenizer = tr.RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                        sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
+                                        mask_token="<mask>")
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(directory)
+    config = tr.RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=37, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                              bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    tr.RobertaForMaskedLM(config).save_pretrained(directory)
+    return directory

@@ -196,17 +196,26 @@ GIN_FILES = sorted(p.name for p in (REPO / "gin").glob("*_*.gin"))
 def test_every_top_level_gin_file_builds_its_experiment():
     from smc_jax.train import config, gin_utils
 
-    assert len(GIN_FILES) == 33
+    assert len(GIN_FILES) == 66
     for name in GIN_FILES:
         dataset, algorithm = name[:-4].split("_", 1)
         config.register()
         gin_utils.parse_config([f"gin/{name}"], [], search_paths=[REPO / "gin"])
         experiment = config.experiment()
         assert experiment.algorithm.name == algorithm, name
-        assert experiment.num_epochs == 50 and experiment.seed == 6174
-        assert ("FOLD" in gin_utils.defined_macros()) == (dataset != "svamp"), name
+        macros = gin_utils.defined_macros()
         task_settings = gin_utils.config_str()
-        assert f"ArithmeticTask.dataset = '{dataset}'" in task_settings
+        if dataset in ("mawps", "asdiv", "svamp"):
+            assert experiment.num_epochs == 50 and experiment.seed == 6174
+            assert ("FOLD" in macros) == (dataset != "svamp"), name
+            assert f"ArithmeticTask.dataset = '{dataset}'" in task_settings
+            assert not getattr(experiment.algorithm, "fairseq_order", False), name
+        else:  # commonsense: no FOLD, steps (CSQA, WinoGrande) or epochs (RACE), fairseq's mask-step order
+            assert "FOLD" not in macros and experiment.fold is None and "MAX_LENGTH" in macros, name
+            assert ("TRAIN_STEPS" in macros) == (dataset != "race") == (experiment.train_steps is not None), name
+            assert macros["UPDATE_FREQUENCY"] == 500 and macros["PRETRAINED"] == "roberta-large", name
+            assert f"CommonsenseTask.dataset = '{dataset}'" in task_settings
+            assert getattr(experiment.algorithm, "fairseq_order", algorithm == "dense"), name
     gin_utils.gin.clear_config()
 
 

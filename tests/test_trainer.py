@@ -41,7 +41,7 @@ class FakeTask:
     def loss(self, params, batch, key=None):
         return jnp.mean((batch["x"] @ params["w"] + params["b"] - 1.0) ** 2)
 
-    def optimizer(self, steps_per_epoch):
+    def optimizer(self, steps_per_epoch, total_steps=None):
         return optax.adam(1e-2)
 
     def evaluate(self, params):
@@ -53,12 +53,17 @@ class FakeTask:
         return {"scores": self.scores, "fold": self.fold}
 
 
-def run(tmp_path, algorithm, task=None, epochs=4):
+def run(tmp_path, algorithm, task=None, epochs=4, train_steps=None, **config):
     task = task or FakeTask()
     params = task.init_params(jax.random.key(0))
     masks = algorithm.init_masks(params, MaskRules().masks(params, algorithm.name), key=jax.random.key(1))
     return fit(task, algorithm, tmp_path, seed=0, num_epochs=epochs, params=sp.apply_masks(params, masks),
-               masks=masks, config=TrainConfig(progress="off", log_every=3))
+               masks=masks, config=TrainConfig(progress="off", log_every=3, **config), train_steps=train_steps)
+
+
+def eval_steps(workdir):
+    events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [e["step"] for e in events if e["event"] == "eval"]
 
 
 def test_best_epoch_is_reported(tmp_path):
@@ -156,3 +161,42 @@ def test_split_and_fused_steps_train_alike(algorithm):
     if algorithm.dynamic:  # the updates ran and moved the masks
         assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(masks),
                                                                jax.tree.leaves(sp.get_masks(split_state["opt_state"]))))
+
+
+def test_train_steps_cut_the_last_epoch_and_evaluate_at_the_end(tmp_path):
+    summary = run(tmp_path, sp.Dense(), task=FakeTask(scores=(1.0, 2.0, 3.0)), train_steps=12)
+    assert summary["steps"] == 12 and summary["epochs"] == 2.4 and eval_steps(tmp_path) == [5, 10, 12]
+    assert summary["reported"] == 3.0 and summary["best_step"] == 12
+
+
+def test_eval_every_adds_evaluations_and_a_run_resumes_mid_epoch(tmp_path):
+    scores = tuple(float(x) for x in range(20))
+    whole = run(tmp_path / "whole", sp.RigL(sparsity=0.5, update_frequency=4), task=FakeTask(scores=scores),
+                train_steps=13, eval_every=3)
+    assert eval_steps(tmp_path / "whole") == [3, 5, 6, 9, 10, 12, 13]
+    # the 4th evaluation (step 9) fails; the run resumes from its last finished checkpoint (5 or 6)
+    cut = FakeTask(scores=scores[:3] + (None,))
+    with pytest.raises(TypeError):
+        run(tmp_path / "cut", sp.RigL(sparsity=0.5, update_frequency=4), task=cut, train_steps=13, eval_every=3)
+    resumed = run(tmp_path / "cut", sp.RigL(sparsity=0.5, update_frequency=4),
+                  task=FakeTask(scores=scores[3:]), train_steps=13, eval_every=3)
+    assert eval_steps(tmp_path / "cut") == [3, 5, 6, 9, 10, 12, 13]
+    for key in ("per_leaf_sparsity", "steps", "actual_sparsity"):
+        assert resumed[key] == whole[key]
+
+
+def test_gradient_accumulation_averages_micro_batch_gradients():
+    """Two micro-batches of 2 rows give the gradient of the 4-row batch (a mean loss)."""
+    task = FakeTask()
+    params = task.init_params(jax.random.key(0))
+    batch = task.train_batches(0, 0)[0]
+    tx = optax.sgd(0.1)
+    stepped = []
+    for accum in (1, 2, 4):
+        state, _ = train_step(task, tx, accum_steps=accum)(init_state(params, tx, 0), batch)
+        stepped.append(state["params"])
+    for other in stepped[1:]:
+        for a, b in zip(jax.tree.leaves(stepped[0]), jax.tree.leaves(other)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple of TrainConfig.grad_accum_steps"):
+        train_step(task, tx, accum_steps=3)(init_state(params, tx, 0), batch)

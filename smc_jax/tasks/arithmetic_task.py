@@ -266,8 +266,9 @@ class ArithmeticTask:
         weight gradients outside the step loop (:func:`smc_jax.models.gts.make_loss`)."""
         return self._loss(params, batch, key)
 
-    def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
-        """Adam with L2 (added to the gradient) in two groups, each with StepLR by epoch (SPEC §1.2)."""
+    def optimizer(self, steps_per_epoch: int, total_steps: int | None = None) -> optax.GradientTransformation:
+        """Adam with L2 (added to the gradient) in two groups, each with StepLR by epoch (SPEC §1.2);
+        ``total_steps`` (the run's length) does not enter it."""
 
         def group(lr: float) -> optax.GradientTransformation:
             def schedule(count):

@@ -38,7 +38,8 @@ def sparsity_label(sparsity: float) -> float:
 class Experiment:
     """One experiment (gin: ``Experiment.*``): a task factory, an algorithm and where to write.
 
-    ``task`` is called as ``task()`` (or ``task(fold=k)`` for ``fold='all'``); ``workdir`` ``None`` names
+    ``task`` is called as ``task()`` (or ``task(fold=k)`` for ``fold='all'``); a run lasts ``num_epochs``
+    epochs, or exactly ``train_steps`` updates when that is set (step-based recipes); ``workdir`` ``None`` names
     ``runs/<task>_<algorithm>_s<sparsity>_seed<seed>[_fold<k>]``; ``dense_workdir`` ``None`` names a sibling
     from the task, model, pretrained, seed, fold and a hash of the dense run's settings.
     """
@@ -47,6 +48,7 @@ class Experiment:
     algorithm: sp.Algorithm
     seed: int = 6174
     num_epochs: int = 50
+    train_steps: int | None = None
     workdir: str | None = None
     dense_workdir: str | None = None
     fold: int | str | None = 0
@@ -58,6 +60,8 @@ class Experiment:
             raise ValueError(f"Experiment.algorithm must be an algorithm (e.g. @RigL()), got {self.algorithm!r}")
         if int(self.num_epochs) < 1:
             raise ValueError(f"NUM_EPOCHS must be >= 1, got {self.num_epochs}")
+        if self.train_steps is not None and int(self.train_steps) < 1:
+            raise ValueError(f"TRAIN_STEPS must be >= 1, got {self.train_steps}")
 
 
 def _keys(seed: int) -> dict[str, jax.Array]:
@@ -73,8 +77,10 @@ def default_workdir(task: Any, algorithm: sp.Algorithm, seed: int, fold: int | s
     return Path("runs") / f"{task.name}_{algorithm.name}{sparse}_seed{seed}{fold}"
 
 
-def default_dense_workdir(task: Any, workdir: Path, seed: int, num_epochs: int) -> Path:
-    settings = json.dumps({"task": task.config(), "num_epochs": int(num_epochs)}, sort_keys=True, default=str)
+def default_dense_workdir(task: Any, workdir: Path, seed: int, num_epochs: int, train_steps: int | None = None
+                          ) -> Path:
+    length = {"num_epochs": int(num_epochs)} if train_steps is None else {"train_steps": int(train_steps)}
+    settings = json.dumps({"task": task.config(), **length}, sort_keys=True, default=str)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
     fold = "" if task.fold is None else f"_fold{task.fold}"
     pretrained = task.pretrained.replace("/", "-") if task.pretrained else "learned"
@@ -109,7 +115,7 @@ def ensure_dense(exp: Experiment, task: Any, dense_workdir: Path) -> tuple[Any, 
     if summary is None:
         _log(task, f"training the dense run first, in {dense_workdir}")
         summary = fit(task, dense, dense_workdir, seed=exp.seed, num_epochs=exp.num_epochs, params=initial,
-                      masks=masks, config=exp.train, report={"sparsity_label": 0.0})
+                      masks=masks, config=exp.train, report={"sparsity_label": 0.0}, train_steps=exp.train_steps)
     else:
         _log(task, f"reusing the dense run in {dense_workdir} (reported {summary['reported']:.2f})")
     best, _ = _best(dense_workdir, initial, masks)
@@ -124,7 +130,7 @@ def run_single(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path | 
         return done
     algorithm, keys = exp.algorithm, _keys(exp.seed)
     if dense_workdir is None:
-        dense_workdir = default_dense_workdir(task, workdir, exp.seed, exp.num_epochs)
+        dense_workdir = default_dense_workdir(task, workdir, exp.seed, exp.num_epochs, exp.train_steps)
     if isinstance(algorithm, sp.LTH):
         return _run_lth(exp, task, workdir, dense_workdir)
     label = {"sparsity_label": sparsity_label(getattr(algorithm, "sparsity", 0.0))}
@@ -140,7 +146,8 @@ def run_single(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path | 
         grads = jax.jit(jax.grad(task.loss))(start, batch, keys["snip"])
     masks = algorithm.init_masks(start, prunable, key=keys["masks"], grads=grads)
     return fit(task, algorithm, workdir, seed=exp.seed, num_epochs=exp.num_epochs,
-               params=sp.apply_masks(start, masks), masks=masks, config=exp.train, report=label)
+               params=sp.apply_masks(start, masks), masks=masks, config=exp.train, report=label,
+               train_steps=exp.train_steps)
 
 
 def _run_lth(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path) -> dict:
@@ -157,7 +164,7 @@ def _run_lth(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path) -> 
             _log(task, f"LTH round {k}/{algorithm.num_rounds()}: sparsity {target:.4f}, rewound to the initial weights")
             summary = fit(task, algorithm, round_dir, seed=exp.seed, num_epochs=exp.num_epochs,
                           params=algorithm.start_params(initial, trained, masks), masks=masks, config=exp.train,
-                          target_sparsity=target,
+                          target_sparsity=target, train_steps=exp.train_steps,
                           report={"sparsity_label": sparsity_label(target), "round": k,
                                   "dense_workdir": str(dense_workdir)})
         trained, masks = _best(round_dir, initial, masks)

@@ -38,15 +38,21 @@ PyTree = Any
 class MaskRules:
     """Which params are prunable (SPEC §2.3 as data): leaves with ``ndim >= min_ndim`` whose ``/``-joined
     path fully matches an ``include`` regex (any, when empty) and no ``exclude`` regex; ``exclude_for``
-    adds regexes per algorithm name (GTS: merge/pooler stay dense for snip, gmp and the RigL variants)."""
+    adds regexes per algorithm name (GTS: merge/pooler stay dense for snip, gmp and the RigL variants);
+    ``emb_heads`` are the regexes of the embeddings and task heads, excluded too when
+    ``no_pruning_emb_heads`` (fairseq's ``--no-pruning-emb-heads``, SPEC §2.3)."""
 
     min_ndim: int = 2
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     exclude_for: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    emb_heads: tuple[str, ...] = ()
+    no_pruning_emb_heads: bool = False
 
     def masks(self, params: PyTree, algorithm_name: str) -> PyTree:
         exclude = tuple(self.exclude) + tuple(self.exclude_for.get(algorithm_name, ()))
+        if self.no_pruning_emb_heads:
+            exclude += tuple(self.emb_heads)
         return sp.prunable_masks(params, include=tuple(self.include), exclude=exclude, min_ndim=self.min_ndim)
 
 
@@ -54,16 +60,25 @@ class MaskRules:
 class TrainConfig:
     """Loop settings: ``log_every`` steps between progress/metrics lines, ``progress`` (``'auto'``: a bar on
     a terminal, plain lines otherwise; ``'bar'``; ``'lines'``; ``'off'``), ``keep_checkpoints`` (latest kept),
-    ``split_step`` (gradient and optimizer update as two programs; ``None``: on CPU only, see :func:`train_step`)."""
+    ``split_step`` (gradient and optimizer update as two programs; ``None``: on CPU only, see :func:`train_step`),
+    ``grad_accum_steps`` (micro-batches per update: each batch is split along its leading axis and the
+    gradients averaged; steps count updates, SPEC Q-C8), ``eval_every`` (steps between evaluations besides
+    the one at every epoch's end and at the last step; ``None``: epoch ends only)."""
 
     log_every: int = 50
     progress: str = "auto"
     keep_checkpoints: int = 1
     split_step: bool | None = None
+    grad_accum_steps: int = 1
+    eval_every: int | None = None
 
     def __post_init__(self):
         if int(self.log_every) < 1:
             raise ValueError(f"TrainConfig.log_every must be >= 1, got {self.log_every}")
+        if int(self.grad_accum_steps) < 1:
+            raise ValueError(f"TrainConfig.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.eval_every is not None and int(self.eval_every) < 1:
+            raise ValueError(f"TrainConfig.eval_every must be None or >= 1, got {self.eval_every}")
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise ValueError(f"TrainConfig.progress must be auto, bar, lines or off, got {self.progress!r}")
 
@@ -112,9 +127,37 @@ def init_state(params: PyTree, tx: optax.GradientTransformation, seed: int) -> d
             "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 2))}
 
 
-def train_step(task: Any, tx: optax.GradientTransformation, split: bool | None = None):
+def accumulated_value_and_grad(loss: Any, accum_steps: int):
+    """``loss``'s value and gradient averaged over ``accum_steps`` equal micro-batches: every batch array is
+    split along its leading (batch) axis and the micro-batches run one after another in a ``lax.scan``, so
+    activations are held for one micro-batch at a time; micro-batch ``i`` gets dropout key ``fold_in(key, i)``."""
+    if accum_steps == 1:
+        return jax.value_and_grad(loss)
+
+    def split(x):
+        if x.shape[0] % accum_steps:
+            raise ValueError(f"a batch of {x.shape[0]} rows does not split into {accum_steps} micro-batches; "
+                             "make BATCH_SIZE a multiple of TrainConfig.grad_accum_steps")
+        return x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
+
+    def value_and_grad(params, batch, key):
+        def body(carry, xs):
+            i, micro = xs
+            value, grads = jax.value_and_grad(loss)(params, micro, jax.random.fold_in(key, i))
+            return (carry[0] + value, jax.tree.map(jnp.add, carry[1], grads)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        (value, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), jax.tree.map(split, batch)))
+        return value / accum_steps, jax.tree.map(lambda g: g / accum_steps, grads)
+
+    return value_and_grad
+
+
+def train_step(task: Any, tx: optax.GradientTransformation, split: bool | None = None, accum_steps: int = 1):
     """The train step ``(state, batch, hint) -> (state, loss)``: jitted, the state donated; ``hint`` is the
     mask-update hint of :func:`smc_jax.sparsity.sparse_optimizer` (a Python bool; one program per value).
+    ``accum_steps`` > 1 averages the gradient over that many micro-batches of ``batch``
+    (:func:`accumulated_value_and_grad`); the optimizer and any mask update see the averaged gradient.
 
     ``split`` runs the step as two programs, the loss gradient and then the optimizer update, instead of
     one. On XLA:CPU the pair is faster (GTS on MAWPS: ~142 ms against ~153 ms per step as one program,
@@ -122,9 +165,11 @@ def train_step(task: Any, tx: optax.GradientTransformation, split: bool | None =
     dispatch asynchronously: no host sync either way."""
     split = jax.default_backend() == "cpu" if split is None else bool(split)
 
+    value_and_grad = accumulated_value_and_grad(task.loss, int(accum_steps))
+
     def gradient(params, rng, step, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
-        return jax.value_and_grad(task.loss)(params, batch, key)
+        return value_and_grad(params, batch, key)
 
     def update(state, grads, hint):
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"], is_update_step=hint)
@@ -164,15 +209,21 @@ def _append(path: Path, event: dict) -> None:
 
 def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, num_epochs: int,
         params: PyTree, masks: PyTree, config: TrainConfig = TrainConfig(), report: dict | None = None,
-        target_sparsity: float | None = None) -> dict[str, Any]:
-    """Train ``params`` (already masked) from ``masks`` under ``algorithm`` for ``num_epochs``, evaluating
-    after every epoch; resume from ``workdir/checkpoints`` when present. Writes ``metrics.jsonl`` and
-    ``summary.json`` and returns the summary. ``report`` adds keys to the summary (``sparsity_label`` …)."""
+        target_sparsity: float | None = None, train_steps: int | None = None) -> dict[str, Any]:
+    """Train ``params`` (already masked) from ``masks`` under ``algorithm`` for ``num_epochs`` (or exactly
+    ``train_steps`` updates, the last epoch cut short), evaluating after every epoch, at the last step and
+    every ``config.eval_every`` steps; resume from ``workdir/checkpoints`` when present. Writes
+    ``metrics.jsonl`` and ``summary.json`` and returns the summary. ``report`` adds keys to the summary
+    (``sparsity_label`` …)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = task.steps_per_epoch
-    total = steps_per_epoch * int(num_epochs)
-    tx = sp.sparse_optimizer(task.optimizer(steps_per_epoch), algorithm, masks, total)
+    total = int(train_steps) if train_steps is not None else steps_per_epoch * int(num_epochs)
+    if total < 1:
+        raise ValueError(f"TRAIN_STEPS must be >= 1, got {total}")
+    epochs_to_run = -(-total // steps_per_epoch)
+    epochs_label = int(num_epochs) if train_steps is None else round(total / steps_per_epoch, 3)
+    tx = sp.sparse_optimizer(task.optimizer(steps_per_epoch, total), algorithm, masks, total)
     state = init_state(params, tx, seed)
     checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
     metrics_path = workdir / "metrics.jsonl"
@@ -187,7 +238,7 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
     step = int(meta.get("step", 0))
     updates = set(algorithm.update_steps(total)) if algorithm.dynamic else set()
     report_from = algorithm.window(total)[1] if isinstance(algorithm, sp.GMP) else 0
-    step_fn = train_step(task, tx, config.split_step)
+    step_fn = train_step(task, tx, config.split_step, config.grad_accum_steps)
     title = f"[{task.name}{'' if task.fold is None else f' fold {task.fold}'} {algorithm.name}]"
     progress = Progress(config.progress, total, title)
     if restored is not None:  # always said, even with progress off
@@ -195,24 +246,10 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
               file=sys.stderr, flush=True)
     started = time.perf_counter()
     pending: list[jax.Array] = []
-    for epoch in range(int(meta["epoch"]), int(num_epochs)):
-        train_started, first = time.perf_counter(), step
-        batches = task.train_batches(seed, epoch)
-        for batch in batches[int(meta["batch"]) if epoch == meta["epoch"] else 0:]:
-            state, loss = step_fn(state, batch, (step + 1) in updates)
-            pending.append(loss)
-            step += 1
-            if step % config.log_every == 0 or step == total:
-                losses = np.asarray(jax.device_get(pending))
-                pending = []
-                rate = (step - first) / max(time.perf_counter() - train_started, 1e-9)
-                _append(metrics_path, {"event": "train", "step": step, "epoch": epoch + 1,
-                                       "loss": float(losses.mean()), "steps_per_s": rate})
-                progress.update(step, {"epoch": f"{epoch + 1}/{num_epochs}", "loss": f"{losses.mean():.4f}",
-                                       "it/s": f"{rate:.1f}"})
-        jax.block_until_ready(state["step"])
-        meta["train_time_s"] += time.perf_counter() - train_started
-        meta["train_steps"] += step - first
+
+    def evaluate(epoch: int, next_epoch: int, next_batch: int) -> None:
+        """Evaluate, keep the best, checkpoint the state with the position of the next batch."""
+        nonlocal started
         eval_started = time.perf_counter()
         result = task.evaluate(state["params"])
         eval_time = time.perf_counter() - eval_started
@@ -229,10 +266,39 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
             meta["best"], meta["best_step"] = result, step
             checkpoints.save_best(step, {"params": state["params"], "masks": sp.get_masks(state["opt_state"])},
                                   {"step": step, "epoch": epoch + 1, **result})
-        meta.update(epoch=epoch + 1, batch=0, step=step)
+        meta.update(epoch=next_epoch, batch=next_batch, step=step)
         meta["wall_time_s"] += time.perf_counter() - started
         started = time.perf_counter()
         checkpoints.save(step, state, meta)
+
+    for epoch in range(int(meta["epoch"]), epochs_to_run):
+        train_started, first = time.perf_counter(), step
+        batches = task.train_batches(seed, epoch)
+        if len(batches) != steps_per_epoch:
+            raise ValueError(f"{task.name}: epoch {epoch} has {len(batches)} batches, steps_per_epoch says "
+                             f"{steps_per_epoch}")
+        start = int(meta["batch"]) if epoch == meta["epoch"] else 0
+        for i in range(start, len(batches)):
+            if step >= total:
+                break
+            state, loss = step_fn(state, batches[i], (step + 1) in updates)
+            pending.append(loss)
+            step += 1
+            if step % config.log_every == 0 or step == total:
+                losses = np.asarray(jax.device_get(pending))
+                pending = []
+                rate = (step - first) / max(time.perf_counter() - train_started, 1e-9)
+                _append(metrics_path, {"event": "train", "step": step, "epoch": epoch + 1,
+                                       "loss": float(losses.mean()), "steps_per_s": rate})
+                progress.update(step, {"epoch": f"{epoch + 1}/{epochs_to_run}", "loss": f"{losses.mean():.4f}",
+                                       "it/s": f"{rate:.1f}"})
+            epoch_done = i == len(batches) - 1 or step == total
+            if epoch_done or (config.eval_every and step % int(config.eval_every) == 0):
+                jax.block_until_ready(state["step"])
+                meta["train_time_s"] += time.perf_counter() - train_started
+                meta["train_steps"] += step - first
+                evaluate(epoch, epoch + 1 if epoch_done else epoch, 0 if epoch_done else i + 1)
+                train_started, first = time.perf_counter(), step
     checkpoints.wait()
     progress.close()
     masks_now = sp.get_masks(state["opt_state"])
@@ -246,7 +312,7 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
         "target_sparsity": target, "sparsity_label": target, "scheduled_sparsity": scheduled,
         "actual_sparsity": current["global"], "metric": task.metric, "metrics": list(task.metrics),
         "reported": meta["best"][task.metric], "final": meta["final"], "best": meta["best"],
-        "best_step": meta["best_step"], "num_eval": task.num_eval, "steps": step, "epochs": int(num_epochs),
+        "best_step": meta["best_step"], "num_eval": task.num_eval, "steps": step, "epochs": epochs_label,
         "wall_time_s": meta["wall_time_s"],
         "train_steps_per_s": meta["train_steps"] / meta["train_time_s"] if meta["train_time_s"] else math.nan,
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(state["params"]))),

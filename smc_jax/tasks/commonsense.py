@@ -1,0 +1,364 @@
+"""Commonsense reasoning as the training engine sees it: CommonsenseQA, WinoGrande and RACE with a pretrained
+RoBERTa (or BERT) encoder, faithful to fairseq's RoBERTa recipes (SPEC §1.1).
+
+- CommonsenseQA and RACE are sentence ranking: every choice is its own sequence, the classification head
+  (fairseq's ``sentence_classification_head``, one output) scores it, and the loss is the cross-entropy of
+  the softmax over the choices. Accuracy: argmax over the choices.
+- WinoGrande fills the blank with each option, replaces the option's tokens by ``<mask>`` and scores the
+  option with the masked-LM head: the mean log-probability of its tokens. Loss −q + α·max(0, c − q + β)
+  (q: the correct option, c: the other); correct when q ≥ c.
+- Optimizer: Adam(β₁, β₂, ε) with decoupled weight decay (fairseq's Adam: p ← p − wd·lr·p, on every
+  parameter), learning rate ``polynomial`` (linear warmup, then linear decay to 0 at the last update, as
+  fairseq's ``polynomial_decay`` steps it) or ``fixed`` (RACE).
+
+Data and text formats live in :mod:`smc_jax.tasks.commonsense_data`. Batches are padded to bucket lengths
+and to a fixed number of rows (padded rows weigh nothing), so a step compiles once per bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from smc_jax.tasks import commonsense_data as data
+
+PyTree = Any
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SCHEDULES = ("polynomial", "fixed")
+
+
+def bucket(n: int, buckets: Sequence[int], cap: int) -> int:
+    """The smallest bucket ``>= n`` (at most ``cap``)."""
+    for b in sorted(buckets):
+        if n <= b <= cap:
+            return int(b)
+    return int(cap)
+
+
+def polynomial_decay(peak: float, warmup: int, total: int):
+    """fairseq ``polynomial_decay`` (power 1, end lr 0) as an optax schedule of the update count ``t``
+    (0-based): ``peak·max(t, 1)/warmup`` while ``t <= warmup``, then ``peak·(1 − (t − warmup)/(total − warmup))``.
+    (fairseq sets lr = peak/warmup before the first update and recomputes it after each one, so updates 1
+    and 2 both run at peak/warmup.)"""
+
+    def schedule(count):
+        t = jnp.asarray(count, jnp.float32)
+        warm = peak * jnp.maximum(t, 1.0) / max(warmup, 1)
+        decay = peak * jnp.clip(1.0 - (t - warmup) / max(total - warmup, 1), 0.0, 1.0)
+        return jnp.where(t <= warmup, warm, decay) if warmup > 0 else decay
+
+    return schedule
+
+
+@dataclasses.dataclass
+class CommonsenseTask:
+    """A commonsense dataset with a pretrained encoder. Every field is a gin knob (``CommonsenseTask.NAME``).
+
+    - ``dataset``: ``csqa`` | ``winogrande`` | ``race``; ``data_dir``: the dataset's folder (``None``:
+      ``$SMC_DATA_DIR/<folder>``, else the HF hub dataset); ``train_split`` (``train``), ``eval_split``
+      (``validation``: the split ``reported`` is selected on, SPEC Q-C3 fixed: the best evaluation);
+      ``test_split`` (RACE: accuracy per level on it, the figure's RACE-M and RACE-H; ``None``: off);
+      ``winogrande_size`` (``xs`` … ``xl``), ``race_levels`` (``('middle', 'high')``).
+    - ``pretrained``: a RoBERTa/BERT hub id or local checkpoint directory (the paper: ``roberta-large``);
+      its tokenizer comes from the same place. ``dtype``: ``float32`` | ``bfloat16`` (compute; params stay
+      fp32); ``remat``: recompute each layer in the backward pass; ``dropout`` / ``attention_dropout``
+      (``None``: the checkpoint's, 0.1 for RoBERTa).
+    - ``batch_size``: questions per update (CSQA 16, WinoGrande 32, RACE 8 = 1 × 8 accumulated);
+      ``max_length`` (tokens per sequence, ≤ 512), ``max_option_length`` (RACE: question+option part, 128);
+      ``max_train_examples`` / ``max_eval_examples`` (first N; ``None`` = all).
+    - optimizer: ``lr`` (peak), ``schedule`` (``polynomial`` | ``fixed``), ``warmup_steps``, ``adam_b1``,
+      ``adam_b2``, ``adam_eps``, ``weight_decay`` (decoupled), ``clip_norm`` (0 = off, as fairseq's 0.0).
+    - WinoGrande: ``margin_alpha`` 5.0, ``margin_beta`` 0.4.
+    - ``length_buckets``: the lengths a batch is padded to; ``eval_batch_size``: questions per jitted
+      evaluation call. ``fold``: always ``None`` (no cross-validation; the engine passes it).
+    """
+
+    dataset: str = "csqa"
+    pretrained: str = "roberta-large"
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    test_split: str | None = "test"
+    winogrande_size: str = "xl"
+    race_levels: tuple[str, ...] = data.RACE_LEVELS
+    dtype: str = "float32"
+    remat: bool = False
+    dropout: float | None = None
+    attention_dropout: float | None = None
+    batch_size: int = 16
+    max_length: int = 512
+    max_option_length: int = 128
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    lr: float = 1e-5
+    schedule: str = "polynomial"
+    warmup_steps: int = 150
+    adam_b1: float = 0.9
+    adam_b2: float = 0.98
+    adam_eps: float = 1e-6
+    weight_decay: float = 0.01
+    clip_norm: float = 0.0
+    margin_alpha: float = 5.0
+    margin_beta: float = 0.4
+    length_buckets: tuple[int, ...] = (32, 48, 64, 96, 128, 192, 256, 384, 512)
+    eval_batch_size: int = 32
+    fold: int | None = None
+
+    def __post_init__(self):
+        if self.fold is not None:
+            raise ValueError(f"{self.dataset} has no cross-validation folds; drop FOLD (got {self.fold!r})")
+        if self.dataset not in data.DATASETS:
+            raise ValueError(f"CommonsenseTask.dataset {self.dataset!r} unknown; choose one of {data.DATASETS}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"CommonsenseTask.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"CommonsenseTask.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for field in ("batch_size", "max_length", "max_option_length", "eval_batch_size"):
+            if int(getattr(self, field)) < 1:
+                raise ValueError(f"CommonsenseTask.{field} must be >= 1, got {getattr(self, field)}")
+        for field in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, field)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{field.upper()} must be None or >= 1, got {value}")
+        for field in ("dropout", "attention_dropout"):
+            value = getattr(self, field)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"CommonsenseTask.{field} must be None or in [0, 1), got {value}")
+        if not self.pretrained:
+            raise ValueError("PRETRAINED must name a RoBERTa/BERT hub id or checkpoint directory "
+                             "(the paper: 'roberta-large')")
+        self.race_levels = tuple(self.race_levels)
+        self._load_model()
+        load = functools.partial(data.load_split, self.dataset, data_dir=self.data_dir, size=self.winogrande_size,
+                                 levels=self.race_levels)
+        self.train = self._encode(load(self.train_split)[: self.max_train_examples])
+        if not self.train:
+            raise ValueError(f"{self.dataset} {self.train_split} split is empty")
+        self.eval_sets = {"accuracy": self._encode(load(self.eval_split)[: self.max_eval_examples])}
+        if self.dataset == "race" and self.test_split is not None:
+            for level in self.race_levels:
+                rows = data.load_split("race", self.test_split, self.data_dir, levels=(level,))
+                self.eval_sets[f"{level}_accuracy"] = self._encode(rows[: self.max_eval_examples])
+        for name, rows in self.eval_sets.items():
+            if not rows or any(r["label"] < 0 for r in rows):
+                raise ValueError(f"{self.dataset} evaluation set {name!r} is empty or unlabelled; "
+                                 "evaluate on a labelled split (CommonsenseTask.eval_split='validation')")
+
+    # ------------------------------------------------------------------ model and encoding
+    def _load_model(self) -> None:
+        from transformers import AutoTokenizer
+
+        from smc_jax.models import hf
+
+        self.checkpoint_dir = hf.resolve_checkpoint_dir(self.pretrained)
+        config = dict(hf.read_config(self.checkpoint_dir))
+        if self.dropout is not None:
+            config["hidden_dropout_prob"] = float(self.dropout)
+        if self.attention_dropout is not None:
+            config["attention_probs_dropout_prob"] = float(self.attention_dropout)
+        self.hf_config = config
+        self.model_name = str(config.get("model_type"))
+        head = "masked_lm" if self.dataset == "winogrande" else "multiple_choice"
+        self.module = hf.build_module(config, head, DTYPES[self.dtype], remat=bool(self.remat))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.checkpoint_dir))
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(f"PRETRAINED={self.pretrained!r}: its tokenizer is not a fast tokenizer; add its "
+                             "tokenizer.json")
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        self.mask_id = self.tokenizer.mask_token_id
+        if self.dataset == "winogrande" and self.mask_id is None:
+            raise ValueError(f"PRETRAINED={self.pretrained!r}: its tokenizer has no mask token (WinoGrande needs one)")
+        self.use_segments = int(config.get("type_vocab_size", 1)) > 1
+        limit = int(config.get("max_position_embeddings", 512)) - (2 if self.model_name == "roberta" else 0)
+        if self.max_length > limit:
+            raise ValueError(f"MAX_LENGTH={self.max_length} exceeds what {self.pretrained!r} supports ({limit})")
+
+    def _encode(self, rows: list) -> list[dict[str, Any]]:
+        """Token ids per example: ``{'choices': [(ids, segments), ...], 'label'}`` or WinoGrande's
+        ``{'choices': [(query ids, span), (candidate ids, span)], 'label'}``."""
+        out = []
+        for row in rows:
+            if self.dataset == "winogrande":
+                e = data.encode_winogrande(row, self.tokenizer, self.max_length)
+                out.append({"choices": [(e.query_ids, e.query_span), (e.cand_ids, e.cand_span)], "label": row.label})
+            else:
+                encoded = data.encode_question(row, self.tokenizer, self.dataset, self.max_length,
+                                               self.max_option_length)
+                out.append({"choices": [(e.input_ids, e.segment_ids) for e in encoded], "label": row.label})
+        return out
+
+    # ------------------------------------------------------------------ what the engine reads
+    @classmethod
+    def folds(cls, dataset: str = "csqa") -> None:
+        """No cross-validation for these datasets (``FOLD`` does not exist)."""
+        return None
+
+    @property
+    def name(self) -> str:
+        return self.dataset
+
+    @property
+    def metric(self) -> str:
+        return "accuracy"
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        if self.dataset == "race" and len(self.eval_sets) > 1:
+            return tuple(k for k in self.eval_sets if k != "accuracy")
+        return ("accuracy",)
+
+    @property
+    def num_eval(self) -> int:
+        return len(self.eval_sets["accuracy"])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train) // self.batch_size)
+
+    def config(self) -> dict[str, Any]:
+        """The settings that decide a dense run's result (the dense-workdir hash reads them)."""
+        skip = {"data_dir", "eval_batch_size", "length_buckets", "remat", "test_split", "fold"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+
+    def describe(self) -> str:
+        evals = ", ".join(f"{k} on {len(v)}" for k, v in self.eval_sets.items())
+        return (f"{self.dataset}: {len(self.train)} train ({self.train_split}), {evals}; {self.model_name} "
+                f"{self.pretrained!r}, {self.dtype}")
+
+    # ------------------------------------------------------------------ batches
+    def make_batch(self, examples: Sequence[dict[str, Any]], rows: int) -> dict[str, np.ndarray]:
+        """``examples`` padded to ``rows`` rows (weight 0) and one bucket length. Multiple choice:
+        ``input_ids``/``attention_mask``/``token_type_ids`` ``[rows, choices, length]``, ``labels``;
+        WinoGrande: ``input_ids``, ``attention_mask``, ``span`` ``[rows, 2, length]`` (query, candidate)."""
+        if not examples or len(examples) > rows:
+            raise ValueError(f"a batch holds 1..{rows} examples, got {len(examples)}")
+        num_choices = len(examples[0]["choices"])
+        longest = max(len(ids) for e in examples for ids, _ in e["choices"])
+        length = bucket(longest, self.length_buckets, self.max_length)
+        ids = np.full((rows, num_choices, length), self.pad_id, np.int32)
+        mask = np.zeros((rows, num_choices, length), np.int32)
+        extra = np.zeros((rows, num_choices, length), np.int32)
+        labels = np.zeros((rows,), np.int32)
+        weights = np.zeros((rows,), np.float32)
+        for b, e in enumerate(examples):
+            if len(e["choices"]) != num_choices:
+                raise ValueError(f"examples with {num_choices} and {len(e['choices'])} choices in one batch")
+            for c, (tokens, aux) in enumerate(e["choices"]):
+                ids[b, c, : len(tokens)] = tokens
+                mask[b, c, : len(tokens)] = 1
+                if self.dataset == "winogrande":
+                    extra[b, c, aux[0]:aux[1]] = 1
+                elif self.use_segments:
+                    extra[b, c, : len(aux)] = aux
+            labels[b], weights[b] = max(e["label"], 0), 1.0
+        key = "span" if self.dataset == "winogrande" else "token_type_ids"
+        return {"input_ids": ids, "attention_mask": mask, key: extra, "labels": labels, "weights": weights}
+
+    def _order(self, seed: int, epoch: int) -> list[list[int]]:
+        order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(self.train))
+        return [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+
+    def train_batches(self, seed: int, epoch: int) -> list[dict[str, np.ndarray]]:
+        """The batches of epoch ``epoch``: a fresh shuffle per (seed, epoch), ``batch_size`` questions each
+        (the last one padded); the same for a resumed run."""
+        return [self.make_batch([self.train[i] for i in b], self.batch_size) for b in self._order(seed, epoch)]
+
+    def snip_batch(self, seed: int) -> dict[str, np.ndarray]:
+        """SNIP's batch: the first batch of a separate shuffle (fairseq consumes epoch 1's first batch, Q-C9;
+        here every batch is still trained on)."""
+        first = self._order(seed, 2**31 - 1)[0]
+        return self.make_batch([self.train[i] for i in first], self.batch_size)
+
+    # ------------------------------------------------------------------ model
+    def init_params(self, key: jax.Array) -> PyTree:
+        """The checkpoint's weights; heads it lacks are newly initialised from ``key``."""
+        from smc_jax.models import hf
+
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        params = hf.load_params(self.module, self.checkpoint_dir, config=self.hf_config, seed=seed)
+        return jax.tree.map(jnp.asarray, params)
+
+    def _scores(self, params: PyTree, batch: dict[str, jax.Array], key: jax.Array | None) -> jax.Array:
+        """Per-choice scores ``[rows, choices]``: classification logits, or WinoGrande's mean option log-prob."""
+        deterministic = key is None
+        rngs = None if deterministic else {"dropout": key}
+        if self.dataset != "winogrande":
+            segments = batch["token_type_ids"] if self.use_segments else None
+            logits = self.module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                                       token_type_ids=segments, deterministic=deterministic, rngs=rngs)
+            return logits.astype(jnp.float32)
+        ids, span = batch["input_ids"], batch["span"]
+        rows, choices, length = ids.shape
+        masked = jnp.where(span == 1, self.mask_id, ids).reshape(rows * choices, length)
+        logits = self.module.apply({"params": params}, masked, batch["attention_mask"].reshape(rows * choices, length),
+                                   deterministic=deterministic, rngs=rngs)
+        lprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        token = jnp.take_along_axis(lprobs, ids.reshape(rows * choices, length)[..., None], axis=-1)[..., 0]
+        span = span.reshape(rows * choices, length).astype(jnp.float32)
+        return ((token * span).sum(-1) / jnp.maximum(span.sum(-1), 1.0)).reshape(rows, choices)
+
+    def loss(self, params: PyTree, batch: dict[str, jax.Array], key: jax.Array | None = None) -> jax.Array:
+        """Mean over the real rows (fairseq sums and divides the gradient by the sample size): sentence
+        ranking cross-entropy, or WinoGrande's margin loss. Dropout on with ``key``, off with ``None``."""
+        scores = self._scores(params, batch, key)
+        weights = batch["weights"]
+        if self.dataset == "winogrande":  # column 0 is the correct option (the query)
+            q, c = scores[:, 0], scores[:, 1]
+            per_row = -q + self.margin_alpha * jnp.maximum(c - q + self.margin_beta, 0.0)
+        else:
+            lprobs = jax.nn.log_softmax(scores, axis=-1)
+            per_row = -jnp.take_along_axis(lprobs, batch["labels"][:, None], axis=-1)[:, 0]
+        return (per_row * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+    def optimizer(self, steps_per_epoch: int, total_steps: int | None = None) -> optax.GradientTransformation:
+        """fairseq's Adam with decoupled weight decay on every parameter, the lr schedule of the recipe, and
+        gradient-norm clipping when ``clip_norm`` > 0."""
+        total = int(total_steps or steps_per_epoch)
+        lr = (polynomial_decay(self.lr, int(self.warmup_steps), total) if self.schedule == "polynomial"
+              else self.lr)
+        adam = optax.adamw(lr, b1=self.adam_b1, b2=self.adam_b2, eps=self.adam_eps, weight_decay=self.weight_decay)
+        return optax.chain(optax.clip_by_global_norm(self.clip_norm), adam) if self.clip_norm > 0 else adam
+
+    # ------------------------------------------------------------------ evaluation
+    @functools.cached_property
+    def _predict(self):
+        def correct(params, batch):
+            scores = self._scores(params, batch, None)
+            if self.dataset == "winogrande":
+                return scores[:, 0] >= scores[:, 1]
+            return jnp.argmax(scores, axis=-1) == batch["labels"]
+
+        return jax.jit(correct)
+
+    @functools.cached_property
+    def _eval_chunks(self) -> dict[str, list[tuple[int, dict[str, np.ndarray]]]]:
+        """Per evaluation set, ``(count, batch)`` chunks sorted by length (less padding), built once."""
+        out = {}
+        for name, rows in self.eval_sets.items():
+            order = sorted(range(len(rows)), key=lambda i: max(len(ids) for ids, _ in rows[i]["choices"]))
+            chunks = []
+            for start in range(0, len(order), self.eval_batch_size):
+                part = [rows[i] for i in order[start:start + self.eval_batch_size]]
+                chunks.append((len(part), self.make_batch(part, self.eval_batch_size)))
+            out[name] = chunks
+        return out
+
+    def evaluate(self, params: PyTree) -> dict[str, float]:
+        """Accuracy (%) on each evaluation set (``accuracy``: ``eval_split``; RACE also ``middle_accuracy`` /
+        ``high_accuracy`` on ``test_split``), with ``num_eval``; every call dispatched before any is read."""
+        pending = {name: [(n, self._predict(params, batch)) for n, batch in chunks]
+                   for name, chunks in self._eval_chunks.items()}
+        result: dict[str, float] = {}
+        for name, parts in pending.items():
+            right = sum(int(np.asarray(jax.device_get(hits))[:n].sum()) for n, hits in parts)
+            result[name] = 100.0 * right / len(self.eval_sets[name])
+        result["num_eval"] = self.num_eval
+        return result
