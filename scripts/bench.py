@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): ``python scripts/bench.py sparsity|gts|models|commonsense``.
+"""Benchmarks (not tests): ``python scripts/bench.py sparsity|gts|models|commonsense|scaling``.
 
 ``gts``: GTS(S) on MAWPS fold 0 at SPEC §1.2's settings (batch 4, hidden 512, beam 5, max length 45): the
 training throughput of the real train step (the engine's jitted, donated step with the sparse optimizer)
@@ -26,12 +26,23 @@ cross-entropy over the choices, ``sparse_optimizer(adamw(1e-5, b2=0.98, eps=1e-6
 train step, for dense, static 0.5 (Random (Before)) and RigL 0.5 (fairseq order): the non-update step, RigL's
 mask-update step timed on its own and averaged in at ``--update_frequency`` (500), the ratios to dense, and
 the evaluation throughput of a jitted deterministic forward (argmax over the choices).
+
+``scaling``: the engine's sharded train step (``train_step`` with the state laid out as ``trainer.fit`` lays
+it out) for GTS on MAWPS fold 0 (batch 8, ``--hidden`` 128 by default, 512 is SPEC's size) under RigL 0.5
+with the sparse optimizer, on 1, 2, 4 and 8 devices (``--devices``), each on a data-parallel mesh
+(``Partitioning(data=N)``) and an fsdp mesh (``Partitioning(data=1, fsdp=N)``): steps/s of non-update steps
+(median of interleaved rounds, one batch shape), compile time (the first step), the first-step loss (the
+same state, batch and dropout key everywhere: it must agree across device counts; the max difference is
+printed) and how the params and the batch are split. On GPU/TPU the first N real devices are used; on CPU
+each count runs in a subprocess with N fake devices (``--xla_force_host_platform_device_count``), which
+share the machine's cores: a check that the sharded step runs, not a speed figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import statistics
 import sys
@@ -503,6 +514,159 @@ def bench_commonsense(args: argparse.Namespace) -> None:
                 print(f"{name} / dense: {row['avg'] / rows['dense']['avg']:.3f} (average step; target <= 1.05)")
 
 
+# --- scaling: the sharded train step over 1, 2, 4, 8 devices ------------------------------------------------
+
+SCALING_MESHES = ("data", "fsdp")
+
+
+def _scaling_partitioning(mesh: str, n: int):
+    from smc_jax.train.partitioning import Partitioning
+
+    return Partitioning(data=n) if mesh == "data" else Partitioning(data=1, fsdp=n)
+
+
+def _scaling_run(args: argparse.Namespace, counts: list[int]) -> list[dict]:
+    """In this process: for every device count in ``counts`` and mesh, build the sharded state the way
+    ``trainer.fit`` does, compile the train step, record the first-step loss, then time non-update steps in
+    rounds interleaving the configurations. Returns one row per (device count, mesh)."""
+    from smc_jax.tasks.arithmetic_task import ArithmeticTask
+    from smc_jax.train.partitioning import Partitioner
+    from smc_jax.train.trainer import MaskRules, init_state, train_step
+
+    task = ArithmeticTask(dataset="mawps", fold=0, data_dir=args.data_dir, batch_size=args.batch_size,
+                          hidden=args.hidden, embedding_size=args.embedding_size)
+    # the gin rules of gin/tasks/arithmetic.gin for RigL
+    rules = MaskRules(exclude=("decoder/predict/embedding_weight",), exclude_for={"rigl": (".*pooler.*", ".*merge.*")})
+    algorithm = sp.RigL(sparsity=0.5, update_frequency=args.update_frequency)
+    params0 = task.init_params(jax.random.key(0))
+    masks0 = algorithm.init_masks(params0, rules.masks(params0, algorithm.name), key=jax.random.key(1))
+    params0 = sp.apply_masks(params0, masks0)
+    axes = task.param_axes()
+    steps_per_epoch = task.steps_per_epoch
+    total = steps_per_epoch * args.epochs
+    # one batch shape (the commonest of the first epochs), so each configuration compiles its programs once
+    order = [b for epoch in range(4) for b in task.train_batches(0, epoch)]
+    shape_of = lambda b: tuple(v.shape for v in b.values())  # noqa: E731
+    shapes = [shape_of(b) for b in order]
+    common = max(set(shapes), key=shapes.count)
+    batches = [b for b in order if shape_of(b) == common]
+    need = args.rounds * args.round_steps
+    batches = (batches * -(-need // len(batches)))[:need]
+    first_batch = batches[0]
+    print(f"{task.describe()}; batch {task.batch_size}, hidden {task.hidden}, embedding {task.embedding_size}; "
+          f"RigL 0.5 (sparse optimizer, non-update steps); batch shape {dict(zip(first_batch, common))}; "
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
+
+    runs = []
+    for n in counts:
+        for mesh in SCALING_MESHES:
+            partitioner = Partitioner(_scaling_partitioning(mesh, n))
+            params_sh = partitioner.param_shardings(params0, axes)
+            params = partitioner.put(params0, params_sh)
+            masks = partitioner.put(masks0, partitioner.like_params(masks0, params, params_sh))
+            tx = sp.sparse_optimizer(task.optimizer(steps_per_epoch, total), algorithm, masks, total)
+            state = init_state(params, tx, seed=0)
+            rep = partitioner.replicated
+            state_sh = {"step": rep, "params": params_sh, "rng": rep,
+                        "opt_state": partitioner.like_params(state["opt_state"], params, params_sh)}
+            state = partitioner.put(state, state_sh)
+            run_step = train_step(task, tx, None, 1, state_sh, partitioner)
+            started = time.perf_counter()  # the first step compiles the (non-update) programs
+            state, loss = run_step(state, first_batch, False)
+            jax.block_until_ready(state)  # the whole step, not just the loss
+            compile_s = time.perf_counter() - started
+            first_loss = float(loss)
+            leaves = [x for x in jax.tree.leaves(state["params"]) if np.ndim(x) >= 2]
+            split = sum(x.sharding.shard_shape(x.shape) != x.shape for x in leaves)  # split over the mesh
+            largest = max(leaves, key=lambda x: x.size)
+            rows = int(first_batch["input_ids"].shape[0])
+            batch_rows = partitioner.batch_sharding(rows).shard_shape((rows,))[0]
+            mesh_devices = {d for x in jax.tree.leaves(state) for d in x.sharding.device_set}
+            runs.append(dict(devices=n, mesh=mesh, mesh_shape="x".join(map(str, partitioner.mesh.devices.shape)),
+                             state=state, run_step=run_step, compile_s=compile_s, first_loss=first_loss,
+                             split=f"{split}/{len(leaves)}", used=len(mesh_devices), rates=[],
+                             largest=f"{largest.size // math.prod(largest.sharding.shard_shape(largest.shape))}-way",
+                             batch=f"{rows}->{batch_rows}"))
+            print(f"{n} device(s), {mesh} mesh {runs[-1]['mesh_shape']}: compiled in {compile_s:.1f} s, "
+                  f"first-step loss {first_loss:.6f}", flush=True)
+
+    for r in range(args.rounds):  # rounds interleave the configurations, so machine drift hits them alike
+        round_batches = batches[r * args.round_steps:(r + 1) * args.round_steps]
+        for run in runs:
+            state, run_step = run["state"], run["run_step"]
+            start = time.perf_counter()
+            for batch in round_batches:
+                state, loss = run_step(state, batch, False)
+            jax.block_until_ready(state)
+            run["rates"].append(len(round_batches) / (time.perf_counter() - start))
+            run["state"] = state
+            run["last_loss"] = float(loss)
+    for run in runs:
+        del run["state"], run["run_step"]
+        run["steps_per_s"] = statistics.median(run["rates"])
+    return runs
+
+
+def bench_scaling(args: argparse.Namespace) -> None:
+    import json
+    import subprocess
+
+    counts = sorted({int(c) for c in args.devices.split(",")})
+    if args._child is not None:  # a subprocess with --_child fake CPU devices: one JSON line for the parent
+        assert jax.device_count() == args._child, (jax.device_count(), args._child)
+        rows = _scaling_run(args, [args._child])
+        print("SCALING_JSON " + json.dumps(rows), flush=True)
+        return
+    backend = jax.default_backend()
+    rows = []
+    if backend != "cpu":  # real devices: one process, the first n devices for each n
+        available = jax.device_count()
+        counts = [n for n in counts if n <= available]
+        print(f"{available} {backend} device(s): device counts {counts}", flush=True)
+        rows = _scaling_run(args, counts)
+    else:  # fake CPU devices: the count is fixed when jax starts, so one subprocess per count
+        print(f"CPU backend: each device count runs in its own process with "
+              f"XLA_FLAGS=--xla_force_host_platform_device_count=N on {os.cpu_count()} CPU core(s)", flush=True)
+        child_args = ["--data_dir", args.data_dir, "--hidden", str(args.hidden), "--embedding_size",
+                      str(args.embedding_size), "--batch_size", str(args.batch_size), "--rounds", str(args.rounds),
+                      "--round_steps", str(args.round_steps), "--update_frequency", str(args.update_frequency),
+                      "--epochs", str(args.epochs)]
+        for n in counts:
+            env = dict(os.environ, JAX_PLATFORMS="cpu")
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip()
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "scaling", "--_child", str(n),
+                                   *child_args], env=env, stdout=subprocess.PIPE, text=True)
+            out = proc.stdout.splitlines()
+            for line in out:
+                if not line.startswith("SCALING_JSON "):
+                    print(f"  [{n}] {line}", flush=True)
+            found = [line for line in out if line.startswith("SCALING_JSON ")]
+            if proc.returncode or not found:
+                raise SystemExit(f"scaling child with {n} device(s) failed (exit status {proc.returncode})")
+            rows += json.loads(found[-1][len("SCALING_JSON "):])
+
+    print(f"\n{'devices':>7s} {'mesh':5s} {'shape':>7s} {'used':>4s} {'2-D split':>9s} {'largest':>8s} "
+          f"{'rows/dev':>8s} {'steps/s':>8s} {'compile s':>9s} {'first-step loss':>16s} {'last-step loss':>15s}")
+    for r in rows:
+        print(f"{r['devices']:7d} {r['mesh']:5s} {r['mesh_shape']:>7s} {r['used']:4d} {r['split']:>9s} "
+              f"{r['largest']:>8s} {r['batch']:>8s} {r['steps_per_s']:8.2f} {r['compile_s']:9.1f} "
+              f"{r['first_loss']:16.6f} {r['last_loss']:15.6f}")
+    losses = [r["first_loss"] for r in rows]
+    print(f"first-step loss, max difference over every device count and mesh: {max(losses) - min(losses):.3g} "
+          f"(the same state, batch and dropout key everywhere)")
+    last = [r["last_loss"] for r in rows]
+    print(f"last-step loss (step {1 + args.rounds * args.round_steps}, the same batches in the same order), max "
+          f"difference: {max(last) - min(last):.3g}")
+    print(f"steps/s: median of {args.rounds} rounds of {args.round_steps} non-update steps after compilation; "
+          "'shape': data x fsdp x tensor; 'used': devices holding the state; '2-D split': params of 2+ dims "
+          "split over the mesh (the rest replicated); 'largest': ways the largest param is split; 'rows/dev': "
+          "batch rows -> rows per device")
+    if backend == "cpu":
+        print("NOTE: fake CPU devices (--xla_force_host_platform_device_count) all share this machine's "
+              f"{os.cpu_count()} CPU core(s): this checks that the sharded step runs and gives the same loss; "
+              "it is NOT a speed or scaling figure.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -532,6 +696,18 @@ def main(argv: list[str] | None = None) -> int:
     commonsense.add_argument("--choices", type=int, default=4, help="choices per question (batch/choices questions)")
     commonsense.add_argument("--configs", default="dense,static,rigl", help="comma-separated: dense, static, rigl")
     commonsense.add_argument("--update_frequency", type=int, default=500, help="RigL's UPDATE_FREQUENCY")
+    scaling = sub.add_parser("scaling", help="the sharded GTS train step (RigL 0.5) on 1, 2, 4, 8 devices, "
+                             "data-parallel and fsdp meshes (fake CPU devices: a sanity check, not a speed figure)")
+    scaling.add_argument("--devices", default="1,2,4,8", help="comma-separated device counts")
+    scaling.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+    scaling.add_argument("--round_steps", type=int, default=8, help="train steps per configuration and round")
+    scaling.add_argument("--data_dir", default=str(DEFAULT_DATA), help="the arithmetic data folder")
+    scaling.add_argument("--hidden", type=int, default=128, help="GTS hidden size (SPEC: 512)")
+    scaling.add_argument("--embedding_size", type=int, default=128, help="GTS embedding size (SPEC: 768)")
+    scaling.add_argument("--batch_size", type=int, default=8, help="problems per batch (split over the mesh)")
+    scaling.add_argument("--update_frequency", type=int, default=1000, help="RigL's UPDATE_FREQUENCY")
+    scaling.add_argument("--epochs", type=int, default=50, help="run length the schedules are built for")
+    scaling.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bench in ("models", "commonsense") and not (
             args.batch >= 1 and 1 <= args.length <= 512 and args.layers >= 1
@@ -547,6 +723,11 @@ def main(argv: list[str] | None = None) -> int:
         bench_models(args)
     elif args.bench == "commonsense":
         bench_commonsense(args)
+    elif args.bench == "scaling":
+        if not (args.hidden >= 1 and args.embedding_size >= 1 and args.batch_size >= 1 and args.update_frequency >= 1
+                and all(c.strip().isdigit() and int(c) >= 1 for c in args.devices.split(","))):
+            parser.error("--hidden, --embedding_size, --batch_size, --update_frequency and --devices must be >= 1")
+        bench_scaling(args)
     return 0
 
 

@@ -10,6 +10,12 @@ missing file, an unknown algorithm or a bad value prints one line and exits with
 interrupted command resumes it from its last checkpoint. Results land in ``WORKDIR``: ``config.gin``,
 ``metrics.jsonl``, ``summary.json``, ``checkpoints/``.
 
+Many devices and hosts: the run uses every device it sees (mesh from ``Partitioning.*``: by default all on
+``data``). In a multi-host environment (a TPU VM pod slice, a SLURM job with several tasks) the same command
+runs on every host and ``jax.distributed.initialize()`` is called first; ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I`` set it up explicitly (e.g. several processes on one machine). Only
+process 0 writes ``metrics.jsonl``, ``summary.json`` and progress; all of them write the checkpoints.
+
 Compiled programs are kept on disk in ``$JAX_COMPILATION_CACHE_DIR`` (default ``~/.cache/smc_jax/jax``;
 set it to the empty string to turn the cache off): the runs of a sweep share their gradient programs and a
 resumed run does not compile again.
@@ -42,12 +48,72 @@ def _enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", path)
 
 
+DISTRIBUTED_FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
+
+
+def _pop_distributed_flags(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``--coordinator_address=..``, ``--num_processes=..``, ``--process_id=..`` out of ``argv``."""
+    found, rest = {}, []
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        if name in DISTRIBUTED_FLAGS:
+            if not value:
+                raise ValueError(f"{name} needs a value: {name}=...")
+            found[name[2:]] = value
+        else:
+            rest.append(arg)
+    return found, rest
+
+
+def _multihost_environment() -> bool:
+    """A TPU VM (pod slice or single host: JAX reads the workers from the metadata server), a GKE TPU pod
+    (several worker hostnames) or a SLURM job with several tasks."""
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if "," in hosts or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return True
+    try:  # JAX's own detection of a Cloud TPU VM (private module; absent in other JAX versions)
+        from jax._src.clusters import cloud_tpu_cluster
+
+        return bool(cloud_tpu_cluster.GceTpuCluster.is_env_present())
+    except Exception:  # noqa: BLE001  (any failure means: not a TPU VM we can detect)
+        return False
+
+
+def _initialize_distributed(flags: dict[str, str]) -> None:
+    """``jax.distributed.initialize`` from the flags (all three needed) or the environment; else nothing."""
+    import jax
+
+    if flags:
+        missing = [f"--{k}" for k in ("coordinator_address", "num_processes", "process_id") if k not in flags]
+        if missing:
+            raise ValueError(f"multi-process flags need all of {', '.join(DISTRIBUTED_FLAGS)}; missing {', '.join(missing)}")
+        try:
+            num, pid = int(flags["num_processes"]), int(flags["process_id"])
+        except ValueError:
+            raise ValueError("--num_processes and --process_id must be integers") from None
+        if not 0 <= pid < num:
+            raise ValueError(f"--process_id={pid} must be in [0, --num_processes={num})")
+        try:  # CPU processes need gloo for cross-process collectives (no effect on GPU/TPU backends)
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        except (AttributeError, ValueError):
+            pass
+        jax.distributed.initialize(coordinator_address=flags["coordinator_address"], num_processes=num,
+                                   process_id=pid)
+    elif _multihost_environment():
+        jax.distributed.initialize()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the flags, build the experiment from gin, run it; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
+    try:
+        distributed, argv = _pop_distributed_flags(argv)
+        _initialize_distributed(distributed)
+    except (ValueError, RuntimeError) as err:
+        return _fail(err)
     from smc_jax.train import config, gin_utils, pipelines
 
     _enable_compilation_cache()

@@ -257,6 +257,11 @@ class ArithmeticTask:
             params = {**params, name: jax.tree.map(jnp.asarray, self.pretrained_params)}
         return params
 
+    def param_axes(self) -> PyTree:
+        """The logical axis names of every parameter (a ``PartitionSpec`` per leaf, like the params)."""
+        batch = jax.tree.map(jnp.asarray, self._batch(range(min(self.batch_size, len(self.train)))))
+        return nn.get_partition_spec(jax.eval_shape(lambda k: self.model.init(k, batch), jax.random.key(0)))["params"]
+
     @functools.cached_property
     def _loss(self):
         return make_loss(self.model)

@@ -286,6 +286,14 @@ class CommonsenseTask:
         params = hf.load_params(self.module, self.checkpoint_dir, config=self.hf_config, seed=seed)
         return jax.tree.map(jnp.asarray, params)
 
+    def param_axes(self) -> PyTree:
+        """The logical axis names of every parameter (a ``PartitionSpec`` per leaf, like the params)."""
+        import flax.linen as nn
+
+        from smc_jax.models import hf
+
+        return nn.get_partition_spec(hf.abstract_params(self.module))
+
     def _scores(self, params: PyTree, batch: dict[str, jax.Array], key: jax.Array | None) -> jax.Array:
         """Per-choice scores ``[rows, choices]``: classification logits, or WinoGrande's mean option log-prob."""
         deterministic = key is None

@@ -11,12 +11,14 @@ import gin
 from smc_jax import sparsity as sp
 from smc_jax.tasks.arithmetic_task import ArithmeticTask
 from smc_jax.tasks.commonsense import CommonsenseTask
+from smc_jax.train.partitioning import Partitioning
 from smc_jax.train.pipelines import Experiment
 from smc_jax.train.trainer import MaskRules, TrainConfig
 
 ALGORITHM_CLASSES = (sp.Dense, sp.LTH, sp.OMPAfter, sp.RandomAfter, sp.GMP, sp.OMPBefore, sp.RandomBefore, sp.SNIP,
                      sp.RigL)
-CONFIGURABLES = (*ALGORITHM_CLASSES, ArithmeticTask, CommonsenseTask, Experiment, MaskRules, TrainConfig)
+CONFIGURABLES = (*ALGORITHM_CLASSES, ArithmeticTask, CommonsenseTask, Experiment, MaskRules, Partitioning,
+                 TrainConfig)
 
 _registered: dict[str, type] = {}
 

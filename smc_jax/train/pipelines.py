@@ -23,6 +23,7 @@ import jax
 
 from smc_jax import sparsity as sp
 from smc_jax.train.checkpoints import RunCheckpoints
+from smc_jax.train.partitioning import Partitioning
 from smc_jax.train.trainer import MaskRules, TrainConfig, fit, write_json
 
 PAPER_SPARSITIES = (0.2, 0.36, 0.488, 0.59, 0.672, 0.738, 0.791, 0.8325, 0.866, 0.893)
@@ -54,6 +55,7 @@ class Experiment:
     fold: int | str | None = 0
     mask_rules: MaskRules = MaskRules()
     train: TrainConfig = TrainConfig()
+    partitioning: Partitioning = Partitioning()
 
     def __post_init__(self):
         if not isinstance(self.algorithm, sp.Algorithm):
@@ -115,7 +117,8 @@ def ensure_dense(exp: Experiment, task: Any, dense_workdir: Path) -> tuple[Any, 
     if summary is None:
         _log(task, f"training the dense run first, in {dense_workdir}")
         summary = fit(task, dense, dense_workdir, seed=exp.seed, num_epochs=exp.num_epochs, params=initial,
-                      masks=masks, config=exp.train, report={"sparsity_label": 0.0}, train_steps=exp.train_steps)
+                      masks=masks, config=exp.train, report={"sparsity_label": 0.0}, train_steps=exp.train_steps,
+                      partitioning=exp.partitioning)
     else:
         _log(task, f"reusing the dense run in {dense_workdir} (reported {summary['reported']:.2f})")
     best, _ = _best(dense_workdir, initial, masks)
@@ -147,7 +150,7 @@ def run_single(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path | 
     masks = algorithm.init_masks(start, prunable, key=keys["masks"], grads=grads)
     return fit(task, algorithm, workdir, seed=exp.seed, num_epochs=exp.num_epochs,
                params=sp.apply_masks(start, masks), masks=masks, config=exp.train, report=label,
-               train_steps=exp.train_steps)
+               train_steps=exp.train_steps, partitioning=exp.partitioning)
 
 
 def _run_lth(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path) -> dict:
@@ -164,7 +167,7 @@ def _run_lth(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path) -> 
             _log(task, f"LTH round {k}/{algorithm.num_rounds()}: sparsity {target:.4f}, rewound to the initial weights")
             summary = fit(task, algorithm, round_dir, seed=exp.seed, num_epochs=exp.num_epochs,
                           params=algorithm.start_params(initial, trained, masks), masks=masks, config=exp.train,
-                          target_sparsity=target, train_steps=exp.train_steps,
+                          target_sparsity=target, train_steps=exp.train_steps, partitioning=exp.partitioning,
                           report={"sparsity_label": sparsity_label(target), "round": k,
                                   "dense_workdir": str(dense_workdir)})
         trained, masks = _best(round_dir, initial, masks)
@@ -219,7 +222,9 @@ def run_experiment(exp: Experiment, config_text: str | None = None) -> dict:
 
 
 def copy_config(text: str, workdir: Path) -> None:
-    """Write the operative gin config of a run to ``workdir/config.gin``."""
+    """Write the operative gin config of a run to ``workdir/config.gin`` (process 0)."""
+    if jax.process_index() != 0:
+        return
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.gin").write_text(text)
 

@@ -16,6 +16,7 @@ batches), and, when the selection metric improves, a ``best`` checkpoint of para
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -30,6 +31,7 @@ import optax
 
 from smc_jax import sparsity as sp
 from smc_jax.train.checkpoints import RunCheckpoints
+from smc_jax.train.partitioning import Partitioner, Partitioning
 
 PyTree = Any
 
@@ -153,11 +155,14 @@ def accumulated_value_and_grad(loss: Any, accum_steps: int):
     return value_and_grad
 
 
-def train_step(task: Any, tx: optax.GradientTransformation, split: bool | None = None, accum_steps: int = 1):
+def train_step(task: Any, tx: optax.GradientTransformation, split: bool | None = None, accum_steps: int = 1,
+               state_shardings: PyTree | None = None, partitioner: Partitioner | None = None):
     """The train step ``(state, batch, hint) -> (state, loss)``: jitted, the state donated; ``hint`` is the
     mask-update hint of :func:`smc_jax.sparsity.sparse_optimizer` (a Python bool; one program per value).
     ``accum_steps`` > 1 averages the gradient over that many micro-batches of ``batch``
     (:func:`accumulated_value_and_grad`); the optimizer and any mask update see the averaged gradient.
+    With ``state_shardings`` and ``partitioner`` the programs get explicit ``in_shardings``/``out_shardings``
+    (the state as given, the batch split by rows, the loss replicated), so the state keeps its layout.
 
     ``split`` runs the step as two programs, the loss gradient and then the optimizer update, instead of
     one. On XLA:CPU the pair is faster (GTS on MAWPS: ~142 ms against ~153 ms per step as one program,
@@ -176,22 +181,47 @@ def train_step(task: Any, tx: optax.GradientTransformation, split: bool | None =
         params = optax.apply_updates(state["params"], updates)
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": state["rng"]}
 
-    if split:
-        gradient_fn = jax.jit(gradient)
-        update_fn = jax.jit(update, donate_argnums=0, static_argnums=2)
+    sharded = state_shardings is not None and partitioner is not None
+    jits: dict[int, tuple] = {}
 
-        def step(state, batch, hint=False):
-            loss, grads = gradient_fn(state["params"], state["rng"], state["step"], batch)
-            return update_fn(state, grads, bool(hint)), loss
-
-        return step
+    def programs(batch):
+        """The jitted programs for this batch's row count (one per task in practice)."""
+        rows = int(np.shape(jax.tree.leaves(batch)[0])[0])
+        if rows not in jits:
+            kw_grad, kw_update, kw_fused = {}, {}, {}
+            if sharded:
+                rep = partitioner.replicated
+                batch_sh = jax.tree.map(lambda _: partitioner.batch_sharding(rows), batch)
+                params_sh = state_shardings["params"]
+                kw_grad = dict(in_shardings=(params_sh, rep, rep, batch_sh), out_shardings=(rep, params_sh))
+                kw_update = dict(in_shardings=(state_shardings, params_sh), out_shardings=state_shardings)
+                kw_fused = dict(in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, rep))
+            if split:
+                jits[rows] = (jax.jit(gradient, **kw_grad),
+                              {hint: jax.jit(functools.partial(update, hint=hint), donate_argnums=0, **kw_update)
+                               for hint in (False, True)})
+            else:
+                jits[rows] = ({hint: jax.jit(functools.partial(fused, hint=hint), donate_argnums=0, **kw_fused)
+                               for hint in (False, True)},)
+        return jits[rows]
 
     def fused(state, batch, hint):
         loss, grads = gradient(state["params"], state["rng"], state["step"], batch)
         return update(state, grads, hint), loss
 
-    fused_fn = jax.jit(fused, donate_argnums=0, static_argnums=2)
-    return lambda state, batch, hint=False: fused_fn(state, batch, bool(hint))
+    def step(state, batch, hint=False):
+        if sharded:
+            batch = partitioner.put_batch(batch)
+        compiled = programs(batch)
+        if split:
+            gradient_fn, update_fns = compiled
+            loss, grads = gradient_fn(state["params"], state["rng"], state["step"], batch)
+            return update_fns[bool(hint)](state, grads), loss
+        return compiled[0][bool(hint)](state, batch)
+
+    step.programs = programs  # the jitted programs for a batch (tests lower them to inspect the HLO)
+    step.split = split
+    return step
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -203,18 +233,23 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 
 def _append(path: Path, event: dict) -> None:
+    if jax.process_index() != 0:
+        return
     with open(path, "a") as f:
         f.write(json.dumps(event) + "\n")
 
 
 def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, num_epochs: int,
         params: PyTree, masks: PyTree, config: TrainConfig = TrainConfig(), report: dict | None = None,
-        target_sparsity: float | None = None, train_steps: int | None = None) -> dict[str, Any]:
+        target_sparsity: float | None = None, train_steps: int | None = None,
+        partitioning: Partitioning | None = None) -> dict[str, Any]:
     """Train ``params`` (already masked) from ``masks`` under ``algorithm`` for ``num_epochs`` (or exactly
     ``train_steps`` updates, the last epoch cut short), evaluating after every epoch, at the last step and
     every ``config.eval_every`` steps; resume from ``workdir/checkpoints`` when present. Writes
     ``metrics.jsonl`` and ``summary.json`` and returns the summary. ``report`` adds keys to the summary
-    (``sparsity_label`` …)."""
+    (``sparsity_label`` …). ``partitioning`` lays the state out on the device mesh (default: every device
+    on ``data``); params and masks may come as host or single-device arrays. In a multi-process run every
+    process calls this; only process 0 writes files and progress."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = task.steps_per_epoch
@@ -223,8 +258,17 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
         raise ValueError(f"TRAIN_STEPS must be >= 1, got {total}")
     epochs_to_run = -(-total // steps_per_epoch)
     epochs_label = int(num_epochs) if train_steps is None else round(total / steps_per_epoch, 3)
+    partitioner = Partitioner(partitioning or Partitioning())
+    main = jax.process_index() == 0
+    params_sh = partitioner.param_shardings(params, task.param_axes() if hasattr(task, "param_axes") else None)
+    params = partitioner.put(params, params_sh)
+    masks = partitioner.put(masks, partitioner.like_params(masks, params, params_sh))
     tx = sp.sparse_optimizer(task.optimizer(steps_per_epoch, total), algorithm, masks, total)
     state = init_state(params, tx, seed)
+    rep = partitioner.replicated
+    state_sh = {"step": rep, "params": params_sh, "rng": rep,
+                "opt_state": partitioner.like_params(state["opt_state"], params, params_sh)}
+    state = partitioner.put(state, state_sh)
     checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
     metrics_path = workdir / "metrics.jsonl"
     meta = {"epoch": 0, "batch": 0, "best": None, "best_step": None, "final": None, "wall_time_s": 0.0,
@@ -232,16 +276,17 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
     restored = checkpoints.restore(state)
     if restored is not None:
         state, meta = restored
-        _trim_metrics(metrics_path, int(meta["step"]))
-    elif metrics_path.exists():
+        if main:
+            _trim_metrics(metrics_path, int(meta["step"]))
+    elif metrics_path.exists() and main:
         metrics_path.unlink()
     step = int(meta.get("step", 0))
     updates = set(algorithm.update_steps(total)) if algorithm.dynamic else set()
     report_from = algorithm.window(total)[1] if isinstance(algorithm, sp.GMP) else 0
-    step_fn = train_step(task, tx, config.split_step, config.grad_accum_steps)
+    step_fn = train_step(task, tx, config.split_step, config.grad_accum_steps, state_sh, partitioner)
     title = f"[{task.name}{'' if task.fold is None else f' fold {task.fold}'} {algorithm.name}]"
-    progress = Progress(config.progress, total, title)
-    if restored is not None:  # always said, even with progress off
+    progress = Progress(config.progress if main else "off", total, title)
+    if restored is not None and main:  # always said, even with progress off
         print(f"{title} resumed from step {step} (epoch {meta['epoch']}, batch {meta['batch']}) in {workdir}",
               file=sys.stderr, flush=True)
     started = time.perf_counter()
@@ -251,10 +296,10 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
         """Evaluate, keep the best, checkpoint the state with the position of the next batch."""
         nonlocal started
         eval_started = time.perf_counter()
-        result = task.evaluate(state["params"])
+        result = task.evaluate(state["params"] if jax.process_count() == 1 else partitioner.replicate(state["params"]))
         eval_time = time.perf_counter() - eval_started
-        current = sp.sparsity_report(sp.get_masks(state["opt_state"]))
-        algo_state = jax.device_get(sp.get_sparse_state(state["opt_state"]).algorithm_state)
+        current = sp.sparsity_report(partitioner.to_host(sp.get_masks(state["opt_state"])))
+        algo_state = partitioner.to_host(sp.get_sparse_state(state["opt_state"]).algorithm_state)
         event = {"event": "eval", "step": step, "epoch": epoch + 1, **result,
                  "sparsity": current["global"], **{k: float(v) for k, v in algo_state.items()},
                  "eval_time_s": eval_time}
@@ -285,7 +330,7 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
             pending.append(loss)
             step += 1
             if step % config.log_every == 0 or step == total:
-                losses = np.asarray(jax.device_get(pending))
+                losses = np.asarray([np.asarray(x) for x in pending])
                 pending = []
                 rate = (step - first) / max(time.perf_counter() - train_started, 1e-9)
                 _append(metrics_path, {"event": "train", "step": step, "epoch": epoch + 1,
@@ -301,9 +346,9 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
                 train_started, first = time.perf_counter(), step
     checkpoints.wait()
     progress.close()
-    masks_now = sp.get_masks(state["opt_state"])
+    masks_now = partitioner.to_host(sp.get_masks(state["opt_state"]))
     current = sp.sparsity_report(masks_now)
-    algo_state = jax.device_get(sp.get_sparse_state(state["opt_state"]).algorithm_state)
+    algo_state = partitioner.to_host(sp.get_sparse_state(state["opt_state"]).algorithm_state)
     target = float(getattr(algorithm, "sparsity", 0.0)) if target_sparsity is None else float(target_sparsity)
     scheduled = float(algo_state["scheduled_sparsity"]) if "scheduled_sparsity" in algo_state else target
     summary = {
@@ -326,7 +371,9 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
+    """Write JSON atomically (a reader never sees half a file); in a multi-process run, process 0 only."""
+    if jax.process_index() != 0:
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
     tmp.replace(path)
