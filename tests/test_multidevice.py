@@ -30,7 +30,8 @@ def test_sharded_runs_match_one_device(results, run):
     r = results[run]
     assert r["num_losses"] == 8 and r["loss_diff"] <= 1e-4, r
     assert r["masks_equal"] and r["per_leaf_equal"], r
-    assert r["sparsity"][0] == r["sparsity"][1] == 0.5, r
+    assert r["sparsity"][0] == r["sparsity"][1], r
+    assert abs(r["sparsity"][0] - 0.5) < (1e-9 if run.startswith("gmp") else 0.01), r  # RigL: Bernoulli init
 
 
 def test_the_mask_updates_ran(results):

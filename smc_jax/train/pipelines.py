@@ -23,7 +23,7 @@ import jax
 
 from smc_jax import sparsity as sp
 from smc_jax.train.checkpoints import RunCheckpoints
-from smc_jax.train.partitioning import Partitioning
+from smc_jax.train.partitioning import Partitioner, Partitioning
 from smc_jax.train.trainer import MaskRules, TrainConfig, fit, write_json
 
 PAPER_SPARSITIES = (0.2, 0.36, 0.488, 0.59, 0.672, 0.738, 0.791, 0.8325, 0.866, 0.893)
@@ -94,6 +94,25 @@ def _read_summary(workdir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+class _Layout:
+    """The run's mesh: params laid out by the task's logical axes, mask trees like their params, so mask
+    initialisation (global thresholds, SNIP scores, LTH pruning and rewinding) runs sharded."""
+
+    def __init__(self, exp: Experiment, task: Any):
+        self.partitioner = Partitioner(exp.partitioning)
+        self.axes = task.param_axes() if hasattr(task, "param_axes") else None
+
+    def params(self, params: Any) -> Any:
+        return self.partitioner.put(params, self.partitioner.param_shardings(params, self.axes))
+
+    def masks(self, masks: Any, params: Any) -> Any:
+        shardings = self.partitioner.param_shardings(params, self.axes)
+        return self.partitioner.put(masks, self.partitioner.like_params(masks, params, shardings))
+
+    def batch(self, batch: Any) -> Any:
+        return self.partitioner.put_batch(batch)
+
+
 def _best(workdir: Path, params: Any, masks: Any) -> tuple[Any, Any]:
     """The best-epoch params and masks of a finished run."""
     restored = RunCheckpoints(workdir / "checkpoints").restore_best({"params": params, "masks": masks})
@@ -108,11 +127,12 @@ def _log(task: Any, text: str) -> None:
 
 
 def ensure_dense(exp: Experiment, task: Any, dense_workdir: Path) -> tuple[Any, Any, dict]:
-    """The dense run's initial params, best-epoch params and summary; trains it first if needed."""
-    keys = _keys(exp.seed)
-    initial = task.init_params(keys["init"])
+    """The dense run's initial params, best-epoch params and summary (laid out on the mesh); trains it first
+    if needed."""
+    keys, layout = _keys(exp.seed), _Layout(exp, task)
+    initial = layout.params(task.init_params(keys["init"]))
     dense = sp.Dense()
-    masks = exp.mask_rules.masks(initial, dense.name)
+    masks = layout.masks(exp.mask_rules.masks(initial, dense.name), initial)
     summary = _read_summary(dense_workdir)
     if summary is None:
         _log(task, f"training the dense run first, in {dense_workdir}")
@@ -137,16 +157,16 @@ def run_single(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path | 
     if isinstance(algorithm, sp.LTH):
         return _run_lth(exp, task, workdir, dense_workdir)
     label = {"sparsity_label": sparsity_label(getattr(algorithm, "sparsity", 0.0))}
+    layout = _Layout(exp, task)
     if algorithm.phase == "after":
         _, start, _ = ensure_dense(exp, task, dense_workdir)
         label["dense_workdir"] = str(dense_workdir)
     else:
-        start = task.init_params(keys["init"])
-    prunable = exp.mask_rules.masks(start, algorithm.name)
+        start = layout.params(task.init_params(keys["init"]))
+    prunable = layout.masks(exp.mask_rules.masks(start, algorithm.name), start)
     grads = None
     if algorithm.needs_grads:
-        batch = jax.tree.map(jax.numpy.asarray, task.snip_batch(exp.seed))
-        grads = jax.jit(jax.grad(task.loss))(start, batch, keys["snip"])
+        grads = jax.jit(jax.grad(task.loss))(start, layout.batch(task.snip_batch(exp.seed)), keys["snip"])
     masks = algorithm.init_masks(start, prunable, key=keys["masks"], grads=grads)
     return fit(task, algorithm, workdir, seed=exp.seed, num_epochs=exp.num_epochs,
                params=sp.apply_masks(start, masks), masks=masks, config=exp.train, report=label,
@@ -156,7 +176,7 @@ def run_single(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path | 
 def _run_lth(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path) -> dict:
     algorithm: sp.LTH = exp.algorithm  # type: ignore[assignment]
     initial, trained, _ = ensure_dense(exp, task, dense_workdir)
-    masks = exp.mask_rules.masks(initial, algorithm.name)
+    masks = _Layout(exp, task).masks(exp.mask_rules.masks(initial, algorithm.name), initial)
     summary = None
     for k in range(1, algorithm.num_rounds() + 1):
         round_dir = workdir / f"round_{k}"

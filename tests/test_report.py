@@ -1,0 +1,248 @@
+"""scripts/report.py on synthetic ``summary.json`` trees: table means ± std over seeds, CV folds
+micro-averaged by ``num_eval``, LTH rounds counted once (not the top-level copy), blanks for missing runs,
+the actual-sparsity flag, the CSV, the figures (inspected as matplotlib objects) and ``--layers``.
+No training; runs in a few seconds."""
+
+import csv
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("smc_report", REPO / "scripts" / "report.py")
+report = importlib.util.module_from_spec(spec)
+sys.modules["smc_report"] = report
+spec.loader.exec_module(report)
+
+FOLD_SIZES = {0: 300, 1: 100}  # MAWPS-like folds of unequal size
+LABEL = {"dense": "Dense", "lth": "LTH (After)", "gmp": "GMP (During)", "snip": "SNIP (Before)", "rigl": "Random+RigL"}
+LEAVES = ["encoder/lstm_l0_fwd/weight_ih", "encoder/lstm_l0_fwd/weight_hh", "decoder/predict/ops/kernel"]
+
+
+def summary(algorithm: str, sparsity: float, seed: int, fold, value: float, *, task="mawps", model="gts",
+            pretrained=None, actual=None, per_leaf=None, **extra) -> dict:
+    """A summary.json as train.py writes it (value accuracy = ``value``, equation accuracy = value − 2)."""
+    metric, metrics = ("value_accuracy", ["value_accuracy", "equation_accuracy"]) if task == "mawps" else \
+        ("accuracy", ["accuracy"])
+    n = FOLD_SIZES[fold] if fold is not None else 1221
+    best = {m: value - 2.0 * i for i, m in enumerate(metrics)} | {"num_eval": n}
+    return {"task": task, "model": model, "pretrained": pretrained, "algorithm": algorithm,
+            "label": LABEL[algorithm], "seed": seed, "fold": fold, "target_sparsity": sparsity,
+            "sparsity_label": sparsity, "scheduled_sparsity": sparsity,
+            "actual_sparsity": sparsity if actual is None else actual, "metric": metric, "metrics": metrics,
+            "reported": value, "final": best, "best": best, "best_step": 10, "num_eval": n, "steps": 20,
+            "epochs": 1, "wall_time_s": 12.5, "train_steps_per_s": 1.6, "num_params": 1000, "num_prunable": 900,
+            "per_leaf_sparsity": per_leaf or {leaf: sparsity for leaf in LEAVES}, **extra}
+
+
+def write(path: Path, content: dict) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "summary.json").write_text(json.dumps(content))
+    return path
+
+
+# (algorithm, sparsity, seed) -> value per fold; expected micro-averages in the comments
+CV_RUNS = {
+    ("dense", 0.0, 1): (90.0, 70.0),    # 85
+    ("dense", 0.0, 2): (92.0, 72.0),    # 87      -> 86.00 ± 1.41
+    ("rigl", 0.2, 1): (80.0, 40.0),     # 70 (macro would be 60)
+    ("rigl", 0.2, 2): (84.0, 44.0),     # 74      -> 72.00 ± 2.83
+    ("rigl", 0.36, 1): (60.0, 20.0),    # 50
+    ("rigl", 0.36, 2): (60.0, 20.0),    # 50      -> 50.00 ± 0.00
+    ("gmp", 0.2, 1): (76.0, 76.0),      # 76, one seed; gmp at 0.36 is missing
+}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """runs/: a MAWPS-like CV sweep, an LTH run with two rounds and a top-level copy, a flagged SNIP run,
+    a cv_summary.json that must not be read, and a single-split CSQA setting."""
+    root = tmp_path_factory.mktemp("runs")
+    for (algorithm, sparsity, seed), values in CV_RUNS.items():
+        for fold, value in zip(FOLD_SIZES, values):
+            write(root / f"mawps_{algorithm}_s{sparsity}_seed{seed}_fold{fold}", summary(algorithm, sparsity, seed, fold, value))
+    for fold in FOLD_SIZES:
+        lth = root / f"mawps_lth_s0.36_seed1_fold{fold}"
+        write(lth / "round_1", summary("lth", 0.2, 1, fold, 70.0, round=1))
+        write(lth / "round_2", summary("lth", 0.36, 1, fold, 60.0, round=2))
+        write(lth, summary("lth", 0.36, 1, fold, 999.0, round=2))  # the top-level copy (distinct value to catch it)
+        (lth / "checkpoints").mkdir()
+        write(root / f"mawps_snip_s0.2_seed1_fold{fold}", summary("snip", 0.2, 1, fold, 30.0, actual=0.25))
+    (root / "mawps_dense_all").mkdir()
+    (root / "mawps_dense_all" / "cv_summary.json").write_text(json.dumps(summary("dense", 0.0, 1, 0, 555.0) | {"fold": "all"}))
+    write(root / "csqa" / "dense", summary("dense", 0.0, 0, None, 0.6, task="csqa", model="roberta", pretrained="roberta-large"))
+    write(root / "csqa" / "rigl", summary("rigl", 0.5, 0, None, 0.45, task="csqa", model="roberta", pretrained="roberta-large"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    result = report.write_report([tree], out)
+    return result, out
+
+
+def table(result, task="mawps", metric="value_accuracy"):
+    (t,) = [t for t in result["tables"] if t.task == task and t.metric == metric]
+    return t
+
+
+def test_gathers_each_run_once(built):
+    result, _ = built
+    paths = [s["path"] for s in result["summaries"]]
+    assert len(paths) == 14 + 4 + 2 + 2  # CV runs × 2 folds, LTH 2 rounds × 2 folds, snip, csqa
+    lth = [p for p in paths if "mawps_lth" in p]
+    assert len(lth) == 4 and all(Path(p).parent.name.startswith("round_") for p in lth)
+    assert not any("cv_summary" in p for p in paths)
+
+
+def test_table_means_std_and_micro_average(built):
+    t = table(built[0])
+    assert t.sparsities == [0.2, 0.36]
+    assert t.algorithms == ["dense", "lth", "gmp", "snip", "rigl"]  # DESIGN's order
+    rigl = t.value("rigl", 0.2)
+    assert rigl.n == 2 and rigl.mean == pytest.approx(72.0) and rigl.std == pytest.approx(math.sqrt(8))
+    assert t.value("rigl", 0.36).mean == pytest.approx(50.0) and t.value("rigl", 0.36).std == pytest.approx(0.0)
+    assert t.value("gmp", 0.2) == report.Cell(76.0, None, 1)
+    assert t.dense.mean == pytest.approx(86.0) and t.dense.std == pytest.approx(math.sqrt(2))
+    assert t.value("dense", 0.36) == t.dense  # dense is repeated in every column
+    eq = table(built[0], metric="equation_accuracy")
+    assert eq.value("rigl", 0.2).mean == pytest.approx(70.0)
+    folds = [summary("rigl", 0.2, 1, 0, 80.0), summary("rigl", 0.2, 1, 1, 40.0)]
+    assert report.micro_average(folds, "value_accuracy") == pytest.approx((80 * 300 + 40 * 100) / 400)
+
+
+def test_lth_rounds_counted_once(built):
+    t = table(built[0])
+    assert t.value("lth", 0.2) == report.Cell(70.0, None, 1)
+    assert t.value("lth", 0.36) == report.Cell(60.0, None, 1)  # not the top-level copy (999), not n=2
+
+
+def test_markdown_blanks_and_labels(built):
+    result, out = built
+    md = report.table_markdown(table(result))
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Algorithm")}
+    assert rows == {
+        "Dense": ["86.00 ± 1.41", "86.00 ± 1.41"],
+        "LTH (After)": ["70.00", "60.00"],
+        "GMP (During)": ["76.00", ""],  # missing run: blank, not 0
+        "SNIP (Before)": ["30.00", ""],
+        "Random+RigL": ["72.00 ± 2.83", "50.00 ± 0.00"],
+    }
+    assert "| Algorithm | 0.2 | 0.36 |" in md
+    text = (out / "report.md").read_text()
+    assert md in text and "### csqa / roberta (roberta-large) / accuracy" in text
+    assert "| Random+RigL | 0.4500 |" in text  # fractions get 4 decimals
+    assert "999" not in text and "555" not in text
+
+
+def test_sparsity_flag(built, tree, tmp_path, capsys):
+    result, _ = built
+    assert sorted(Path(s["path"]).parent.name for s in result["flagged"]) == [
+        "mawps_snip_s0.2_seed1_fold0", "mawps_snip_s0.2_seed1_fold1"]
+    assert report.main([str(tree), "--out", str(tmp_path)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "misses the target" in line]
+    assert len(warnings) == 2 and all("0.2500" in w and "0.2000" in w for w in warnings)
+
+
+def test_csv_rows(built):
+    _, out = built
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(rows) == 22
+    assert {"task", "algorithm", "seed", "fold", "target_sparsity", "actual_sparsity", "sparsity_miss", "reported",
+            "best.value_accuracy", "best.equation_accuracy", "best.accuracy", "wall_time_s", "path"} <= set(rows[0])
+    assert {r["algorithm"] for r in rows if r["sparsity_miss"] == "True"} == {"snip"}
+    rigl = [r for r in rows if r["algorithm"] == "rigl" and r["sparsity_label"] == "0.2" and r["seed"] == "1"]
+    assert sorted((r["fold"], float(r["best.value_accuracy"])) for r in rigl) == [("0", 80.0), ("1", 40.0)]
+    assert all(r["label"] == "Random+RigL" for r in rigl)
+    lth = [r for r in rows if r["algorithm"] == "lth"]
+    assert sorted(r["round"] for r in lth) == ["1", "1", "2", "2"]
+    csqa = [r for r in rows if r["task"] == "csqa"]
+    assert {r["fold"] for r in csqa} == {""} and {r["best.value_accuracy"] for r in csqa} == {""}
+
+
+def test_plot_figure(built):
+    fig = report.plot_figure(table(built[0]))
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"LTH (After)", "GMP (During)", "SNIP (Before)", "Random+RigL", "Dense"}
+    assert len(ax.get_lines()) == 5
+    assert list(lines["Random+RigL"].get_ydata()) == pytest.approx([72.0, 50.0])
+    assert lines["Random+RigL"].get_marker() not in (None, "", "None")
+    gmp = lines["GMP (During)"].get_ydata()
+    assert gmp[0] == pytest.approx(76.0) and math.isnan(gmp[1])  # the gap, not 0
+    dense = lines["Dense"]
+    assert dense.get_linestyle() == "--" and list(dense.get_ydata()) == pytest.approx([86.0, 86.0])
+    assert list(ax.get_xticks()) == pytest.approx([0.2, 0.36])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.2", "0.36"]
+    assert "mawps" in ax.get_title() and "gts" in ax.get_title() and "value_accuracy" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "Dense"
+
+
+def test_figure_files(built):
+    result, out = built
+    stems = report.figure_stems(result["tables"])
+    assert sorted(stems) == ["csqa_roberta_roberta-large_accuracy", "mawps_gts_equation_accuracy",
+                             "mawps_gts_value_accuracy"]
+    for stem in stems:
+        png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
+        assert f"]({stem}.png)" in (out / "report.md").read_text()
+
+
+def test_layers(tmp_path, capsys):
+    per_leaf = {"a/kernel": 0.5, "b/kernel": 0.995, "c/kernel": 0.2, "d/kernel": 1.0}
+    run = write(tmp_path / "mawps_lth_seed1_fold0" / "round_3",
+                summary("lth", 0.488, 1, 0, 50.0, actual=0.488, per_leaf=per_leaf))
+    out = tmp_path / "out"
+    assert report.main(["--layers", str(run), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "collapsed leaves (sparsity >= 0.99): 2 of 4" in stdout
+    assert "  b/kernel  0.9950" in stdout and "  d/kernel  1.0000" in stdout and "a/kernel" not in stdout
+    for ext in ("png", "pdf"):
+        path = out / f"layers_mawps_lth_seed1_fold0_round_3.{ext}"
+        assert path.stat().st_size > 5_000
+    assert (out / "layers_mawps_lth_seed1_fold0_round_3.png").read_bytes()[:4] == b"\x89PNG"
+    fig = report.layers_figure(report.read_run(run))
+    (ax,) = fig.axes
+    bars = ax.patches
+    assert [b.get_width() for b in bars] == pytest.approx(list(per_leaf.values()))
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(per_leaf)
+    red = [b.get_width() for b in bars if b.get_facecolor() == bars[1].get_facecolor()]
+    assert red == pytest.approx([0.995, 1.0]) and bars[0].get_facecolor() != bars[1].get_facecolor()
+    (target,) = ax.get_lines()
+    assert list(target.get_xdata()) == pytest.approx([0.488, 0.488])
+
+
+def test_errors(tmp_path, capsys):
+    assert report.main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: no such directory: {tmp_path / 'nope'}"]
+    (tmp_path / "empty").mkdir()
+    assert report.main([str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no summary.json found under {tmp_path / 'empty'}"
+    assert report.main(["--layers", str(tmp_path / "empty")]) == 2
+    assert "no summary.json" in capsys.readouterr().err
+    assert report.main([]) == 2
+    assert capsys.readouterr().err.startswith("error: give at least one directory")
+    assert report.main(["--bogus"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unrecognized arguments: --bogus (see --help)"
+    assert report.main(["--help"]) == 0 and "--layers RUN_DIR" in capsys.readouterr().out
+
+
+def test_cli_subprocess(tree, tmp_path):
+    help_ = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), "--help"],
+                           capture_output=True, text=True, check=True)
+    assert "--layers RUN_DIR" in help_.stdout and "micro-averaged" in help_.stdout
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(tree), "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "22 runs, 3 tables, 2 flagged" in done.stdout
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "runs.csv").is_file()

@@ -1,0 +1,64 @@
+"""The two commands of a figure: scripts/sweep.py (MAWPS fold 0, dense + RigL + GMP at two sparsities) then
+scripts/report.py on its runs: one line per algorithm with DESIGN.md's labels, a horizontal dense line, x ticks
+at the swept sparsities, and a table with every cell filled. The default test trains on 64 problems with a
+small GTS; the ``slow`` one is the README's CPU-scale command (full fold 0, SPEC sizes, 1 epoch)."""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"arithmetic data not found at {DATA}")
+SMALL = ["--gin.MAX_TRAIN_EXAMPLES=64", "--gin.MAX_EVAL_EXAMPLES=32", "--gin.UPDATE_FREQUENCY=8",
+         "--gin.ArithmeticTask.hidden=32", "--gin.ArithmeticTask.embedding_size=32",
+         "--gin.ArithmeticTask.input_buckets=(96,)", "--gin.ArithmeticTask.target_buckets=(16,)"]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"smc_{name}_e2e", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def sweep_then_report(tmp_path, extra):
+    cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    sweep, report = load("sweep"), load("report")
+    runs = tmp_path / "runs"
+    status = sweep.main(["--gin_file=gin/mawps_rigl.gin", "--algorithms=dense,rigl,gmp", "--sparsities=0.5,0.8",
+                         "--folds=0", f"--workdir={runs}", f"--gin.DATA_DIR='{DATA}'", "--gin.NUM_EPOCHS=1",
+                         "--gin.TrainConfig.progress='off'", *extra])
+    assert status == 0
+    assert len(list(runs.rglob("summary.json"))) == 5
+    assert report.main([str(runs), "--out", str(tmp_path / "report")]) == 0
+    summaries = report.load_summaries([runs])
+    (table,) = [t for t in report.build_tables(summaries) if t.metric == "value_accuracy"]
+    fig = report.plot_figure(table)
+    ax = fig.axes[0]
+    labels = sorted(line.get_label() for line in ax.get_lines())
+    assert labels == sorted(["Dense", "Random+RigL", "GMP (During)"])
+    (dense,) = [line for line in ax.get_lines() if line.get_label() == "Dense"]
+    assert len(set(dense.get_ydata())) == 1  # horizontal
+    assert sorted(float(x) for x in ax.get_xticks()) == [0.5, 0.8]
+    for algorithm in ("rigl", "gmp"):
+        for sparsity in (0.5, 0.8):
+            assert table.value(algorithm, sparsity) is not None
+    png = tmp_path / "report" / "mawps_gts_value_accuracy.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    return table
+
+
+def test_a_small_sweep_and_its_report(tmp_path):
+    sweep_then_report(tmp_path, SMALL)
+
+
+@pytest.mark.slow
+def test_the_readme_cpu_scale_sweep_and_report(tmp_path):
+    sweep_then_report(tmp_path, [])
