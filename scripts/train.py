@@ -69,7 +69,8 @@ def _multihost_environment() -> bool:
     """A TPU VM (pod slice or single host: JAX reads the workers from the metadata server), a GKE TPU pod
     (several worker hostnames) or a SLURM job with several tasks."""
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    if "," in hosts or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    if "," in hosts or slurm_tasks > 1 or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
         return True
     try:  # JAX's own detection of a Cloud TPU VM (private module; absent in other JAX versions)
         from jax._src.clusters import cloud_tpu_cluster
@@ -86,7 +87,8 @@ def _initialize_distributed(flags: dict[str, str]) -> None:
     if flags:
         missing = [f"--{k}" for k in ("coordinator_address", "num_processes", "process_id") if k not in flags]
         if missing:
-            raise ValueError(f"multi-process flags need all of {', '.join(DISTRIBUTED_FLAGS)}; missing {', '.join(missing)}")
+            raise ValueError(f"multi-process flags need all of {', '.join(DISTRIBUTED_FLAGS)}; "
+                             f"missing {', '.join(missing)}")
         try:
             num, pid = int(flags["num_processes"]), int(flags["process_id"])
         except ValueError:

@@ -6,14 +6,13 @@ The runs share one checkpoint, one workdir parent (so the After and LTH runs of 
 run) and a persistent compilation cache (all 33 files: ~3 minutes on 2 CPU cores).
 """
 
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
-import jax
 import pytest
+from conftest import ALGORITHMS, SUMMARY_KEYS
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -22,12 +21,6 @@ from smc_jax.tasks import commonsense_data as cd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data"))
-ALGORITHMS = ["dense", "lth", "omp_after", "random_after", "gmp", "omp_before", "random_before", "snip", "rigl",
-              "snip_rigl", "omp_rigl"]
-SUMMARY_KEYS = {"task", "model", "pretrained", "algorithm", "label", "seed", "fold", "target_sparsity",
-                "sparsity_label", "scheduled_sparsity", "actual_sparsity", "metric", "metrics", "reported", "final",
-                "best", "best_step", "num_eval", "steps", "epochs", "wall_time_s", "train_steps_per_s", "num_params",
-                "num_prunable", "per_leaf_sparsity"}
 pytestmark = pytest.mark.skipif(not all((SHARED / cd.FOLDERS[d]).is_dir() for d in cd.DATASETS),
                                 reason=f"commonsense data not found under {SHARED}")
 
@@ -38,18 +31,6 @@ def checkpoint(tmp_path_factory):
     from hf_fixtures import tiny_commonsense_roberta
 
     return tiny_commonsense_roberta(tmp_path_factory.mktemp("tiny_cs_roberta"), SHARED)
-
-
-@pytest.fixture(scope="module")
-def train_main(tmp_path_factory):
-    """``scripts/train.py``'s ``main`` in this process, with a persistent compilation cache."""
-    cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    spec = importlib.util.spec_from_file_location("smc_train_cli_cs", REPO / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,12 @@ scripts/report.py on its runs: one line per algorithm with DESIGN.md's labels, a
 at the swept sparsities, and a table with every cell filled. The default test trains on 64 problems with a
 small GTS; the ``slow`` one is the README's CPU-scale command (full fold 0, SPEC sizes, 1 epoch)."""
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import jax
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
@@ -19,18 +18,10 @@ SMALL = ["--gin.MAX_TRAIN_EXAMPLES=64", "--gin.MAX_EVAL_EXAMPLES=32", "--gin.UPD
          "--gin.ArithmeticTask.input_buckets=(96,)", "--gin.ArithmeticTask.target_buckets=(16,)"]
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"smc_{name}_e2e", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def sweep_then_report(tmp_path, extra):
     cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
     jax.config.update("jax_compilation_cache_dir", cache)
-    sweep, report = load("sweep"), load("report")
+    sweep, report = load_script("sweep"), load_script("report")
     runs = tmp_path / "runs"
     status = sweep.main(["--gin_file=gin/mawps_rigl.gin", "--algorithms=dense,rigl,gmp", "--sparsities=0.5,0.8",
                          "--folds=0", f"--workdir={runs}", f"--gin.DATA_DIR='{DATA}'", "--gin.NUM_EPOCHS=1",

@@ -5,7 +5,6 @@ Runs share a small model (hidden 32) and one persistent compilation cache so the
 real-size smoke run of the README is marked ``slow``.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -17,17 +16,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import ALGORITHMS, SUMMARY_KEYS
 
 from smc_jax import sparsity as sp
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
-ALGORITHMS = ["dense", "lth", "omp_after", "random_after", "gmp", "omp_before", "random_before", "snip", "rigl",
-              "snip_rigl", "omp_rigl"]
-SUMMARY_KEYS = {"task", "model", "pretrained", "algorithm", "label", "seed", "fold", "target_sparsity",
-                "sparsity_label", "scheduled_sparsity", "actual_sparsity", "metric", "metrics", "reported", "final",
-                "best", "best_step", "num_eval", "steps", "epochs", "wall_time_s", "train_steps_per_s", "num_params",
-                "num_prunable", "per_leaf_sparsity"}
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"arithmetic data not found at {DATA}")
 
@@ -38,18 +32,6 @@ def small(*extra: str) -> list[str]:
             "--gin.NUM_EPOCHS=1", "--gin.UPDATE_FREQUENCY=8", "--gin.ArithmeticTask.hidden=32",
             "--gin.ArithmeticTask.embedding_size=32", "--gin.ArithmeticTask.input_buckets=(96,)",
             "--gin.ArithmeticTask.target_buckets=(16,)", "--gin.TrainConfig.progress='off'", *extra]
-
-
-@pytest.fixture(scope="module")
-def train_main(tmp_path_factory):
-    """``scripts/train.py``'s ``main`` run in this process, with a persistent compilation cache."""
-    cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    spec = importlib.util.spec_from_file_location("smc_train_cli", REPO / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 @pytest.fixture(scope="module")

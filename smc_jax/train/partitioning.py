@@ -104,7 +104,7 @@ class Partitioner:
         self.config = config
         self.mesh = config.make_mesh(devices)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self._warned: set[str] = set()
+        self._warned: set[int] = set()
 
     @property
     def num_devices(self) -> int:
@@ -159,7 +159,8 @@ class Partitioner:
     def batch_sharding(self, batch_rows: int, name: str = "batch") -> NamedSharding:
         """Rows split over ``data`` × ``fsdp`` when they divide, else replicated (said once)."""
         spec = self.spec((name,), (batch_rows,))
-        if spec == PartitionSpec(None) and self.num_devices > 1 and self.mesh.shape["data"] * self.mesh.shape["fsdp"] > 1:
+        split = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if spec == PartitionSpec(None) and split > 1:
             if batch_rows not in self._warned and jax.process_index() == 0:
                 print(f"note: batches of {batch_rows} rows do not split over data x fsdp = "
                       f"{self.mesh.shape['data'] * self.mesh.shape['fsdp']} devices; they are replicated "

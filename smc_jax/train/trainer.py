@@ -316,34 +316,38 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
         started = time.perf_counter()
         checkpoints.save(step, state, meta)
 
-    for epoch in range(int(meta["epoch"]), epochs_to_run):
-        train_started, first = time.perf_counter(), step
-        batches = task.train_batches(seed, epoch)
-        if len(batches) != steps_per_epoch:
-            raise ValueError(f"{task.name}: epoch {epoch} has {len(batches)} batches, steps_per_epoch says "
-                             f"{steps_per_epoch}")
-        start = int(meta["batch"]) if epoch == meta["epoch"] else 0
-        for i in range(start, len(batches)):
-            if step >= total:
-                break
-            state, loss = step_fn(state, batches[i], (step + 1) in updates)
-            pending.append(loss)
-            step += 1
-            if step % config.log_every == 0 or step == total:
-                losses = np.asarray([np.asarray(x) for x in pending])
-                pending = []
-                rate = (step - first) / max(time.perf_counter() - train_started, 1e-9)
-                _append(metrics_path, {"event": "train", "step": step, "epoch": epoch + 1,
-                                       "loss": float(losses.mean()), "steps_per_s": rate})
-                progress.update(step, {"epoch": f"{epoch + 1}/{epochs_to_run}", "loss": f"{losses.mean():.4f}",
-                                       "it/s": f"{rate:.1f}"})
-            epoch_done = i == len(batches) - 1 or step == total
-            if epoch_done or (config.eval_every and step % int(config.eval_every) == 0):
-                jax.block_until_ready(state["step"])
-                meta["train_time_s"] += time.perf_counter() - train_started
-                meta["train_steps"] += step - first
-                evaluate(epoch, epoch + 1 if epoch_done else epoch, 0 if epoch_done else i + 1)
-                train_started, first = time.perf_counter(), step
+    try:
+        for epoch in range(int(meta["epoch"]), epochs_to_run):
+            train_started, first = time.perf_counter(), step
+            batches = task.train_batches(seed, epoch)
+            if len(batches) != steps_per_epoch:
+                raise ValueError(f"{task.name}: epoch {epoch} has {len(batches)} batches, steps_per_epoch says "
+                                 f"{steps_per_epoch}")
+            start = int(meta["batch"]) if epoch == meta["epoch"] else 0
+            for i in range(start, len(batches)):
+                if step >= total:
+                    break
+                state, loss = step_fn(state, batches[i], (step + 1) in updates)
+                pending.append(loss)
+                step += 1
+                if step % config.log_every == 0 or step == total:
+                    losses = np.asarray([np.asarray(x) for x in pending])
+                    pending = []
+                    rate = (step - first) / max(time.perf_counter() - train_started, 1e-9)
+                    _append(metrics_path, {"event": "train", "step": step, "epoch": epoch + 1,
+                                           "loss": float(losses.mean()), "steps_per_s": rate})
+                    progress.update(step, {"epoch": f"{epoch + 1}/{epochs_to_run}", "loss": f"{losses.mean():.4f}",
+                                           "it/s": f"{rate:.1f}"})
+                epoch_done = i == len(batches) - 1 or step == total
+                if epoch_done or (config.eval_every and step % int(config.eval_every) == 0):
+                    jax.block_until_ready(state["step"])
+                    meta["train_time_s"] += time.perf_counter() - train_started
+                    meta["train_steps"] += step - first
+                    evaluate(epoch, epoch + 1 if epoch_done else epoch, 0 if epoch_done else i + 1)
+                    train_started, first = time.perf_counter(), step
+    except BaseException:  # an error or Ctrl-C: finish the saves in flight, so a rerun resumes cleanly
+        checkpoints.close()
+        raise
     checkpoints.wait()
     progress.close()
     masks_now = partitioner.to_host(sp.get_masks(state["opt_state"]))
