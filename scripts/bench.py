@@ -531,7 +531,7 @@ def _scaling_run(args: argparse.Namespace, counts: list[int]) -> list[dict]:
     rounds interleaving the configurations. Returns one row per (device count, mesh)."""
     from smc_jax.tasks.arithmetic_task import ArithmeticTask
     from smc_jax.train.partitioning import Partitioner
-    from smc_jax.train.trainer import MaskRules, init_state, train_step
+    from smc_jax.train.trainer import MaskRules, place, placed_state, train_step
 
     task = ArithmeticTask(dataset="mawps", fold=0, data_dir=args.data_dir, batch_size=args.batch_size,
                           hidden=args.hidden, embedding_size=args.embedding_size)
@@ -541,7 +541,6 @@ def _scaling_run(args: argparse.Namespace, counts: list[int]) -> list[dict]:
     params0 = task.init_params(jax.random.key(0))
     masks0 = algorithm.init_masks(params0, rules.masks(params0, algorithm.name), key=jax.random.key(1))
     params0 = sp.apply_masks(params0, masks0)
-    axes = task.param_axes()
     steps_per_epoch = task.steps_per_epoch
     total = steps_per_epoch * args.epochs
     # one batch shape (the commonest of the first epochs), so each configuration compiles its programs once
@@ -561,15 +560,9 @@ def _scaling_run(args: argparse.Namespace, counts: list[int]) -> list[dict]:
     for n in counts:
         for mesh in SCALING_MESHES:
             partitioner = Partitioner(_scaling_partitioning(mesh, n))
-            params_sh = partitioner.param_shardings(params0, axes)
-            params = partitioner.put(params0, params_sh)
-            masks = partitioner.put(masks0, partitioner.like_params(masks0, params, params_sh))
+            params, masks, params_sh = place(partitioner, task, params0, masks0)
             tx = sp.sparse_optimizer(task.optimizer(steps_per_epoch, total), algorithm, masks, total)
-            state = init_state(params, tx, seed=0)
-            rep = partitioner.replicated
-            state_sh = {"step": rep, "params": params_sh, "rng": rep,
-                        "opt_state": partitioner.like_params(state["opt_state"], params, params_sh)}
-            state = partitioner.put(state, state_sh)
+            state, state_sh = placed_state(partitioner, params, params_sh, tx, seed=0)
             run_step = train_step(task, tx, None, 1, state_sh, partitioner)
             started = time.perf_counter()  # the first step compiles the (non-update) programs
             state, loss = run_step(state, first_batch, False)

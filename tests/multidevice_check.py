@@ -15,7 +15,7 @@ import smc_jax.sparsity as sp
 from smc_jax.tasks.arithmetic_task import ArithmeticTask
 from smc_jax.train.checkpoints import RunCheckpoints
 from smc_jax.train.partitioning import Partitioner, Partitioning
-from smc_jax.train.trainer import MaskRules, TrainConfig, fit, init_state, train_step
+from smc_jax.train.trainer import MaskRules, TrainConfig, fit, place, placed_state, train_step
 
 MESHES = {"one": Partitioning(data=1), "data8": Partitioning(data=8), "fsdp8": Partitioning(data=1, fsdp=8)}
 
@@ -37,15 +37,9 @@ def gathers_whole_param(task, algorithm, partitioning) -> tuple[bool, int]:
     partitioner = Partitioner(partitioning)
     params = task.init_params(jax.random.key(0))
     masks = algorithm.init_masks(params, MaskRules().masks(params, algorithm.name), key=jax.random.key(1))
-    params_sh = partitioner.param_shardings(params, task.param_axes())
-    params = partitioner.put(params, params_sh)
-    masks = partitioner.put(masks, partitioner.like_params(masks, params, params_sh))
+    params, masks, params_sh = place(partitioner, task, params, masks)
     tx = sp.sparse_optimizer(task.optimizer(task.steps_per_epoch, 8), algorithm, masks, 8)
-    state = init_state(params, tx, 0)
-    rep = partitioner.replicated
-    state_sh = {"step": rep, "params": params_sh, "rng": rep,
-                "opt_state": partitioner.like_params(state["opt_state"], params, params_sh)}
-    state = partitioner.put(state, state_sh)
+    state, state_sh = placed_state(partitioner, params, params_sh, tx, 0)
     step = train_step(task, tx, True, 1, state_sh, partitioner)
     batch = partitioner.put_batch(task.train_batches(0, 0)[0])
     gradient_fn, update_fns = step.programs(batch)

@@ -259,6 +259,10 @@ class ArithmeticTask:
 
     def param_axes(self) -> PyTree:
         """The logical axis names of every parameter (a ``PartitionSpec`` per leaf, like the params)."""
+        return self._param_axes
+
+    @functools.cached_property
+    def _param_axes(self) -> PyTree:  # traced once per task: every layout of a run asks for it
         batch = jax.tree.map(jnp.asarray, self._batch(range(min(self.batch_size, len(self.train)))))
         return nn.get_partition_spec(jax.eval_shape(lambda k: self.model.init(k, batch), jax.random.key(0)))["params"]
 

@@ -288,6 +288,10 @@ class CommonsenseTask:
 
     def param_axes(self) -> PyTree:
         """The logical axis names of every parameter (a ``PartitionSpec`` per leaf, like the params)."""
+        return self._param_axes
+
+    @functools.cached_property
+    def _param_axes(self) -> PyTree:  # traced once per task: every layout of a run asks for it
         import flax.linen as nn
 
         from smc_jax.models import hf

@@ -104,6 +104,7 @@ class Partitioner:
         self.config = config
         self.mesh = config.make_mesh(devices)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._replicate = jax.jit(lambda tree: tree, out_shardings=self.replicated)  # one jit: compiled per tree
         self._warned: set[int] = set()
 
     @property
@@ -190,14 +191,13 @@ class Partitioner:
         return jax.tree.map(lambda x: _put_one(np.asarray(x), sharding), batch)
 
     def to_host(self, tree: PyTree) -> PyTree:
-        """numpy copies of (possibly sharded, multi-process) arrays: gathered to every device first."""
-        gather = jax.jit(lambda t: t, out_shardings=self.replicated)
-        return jax.tree.map(lambda x: None if x is None else np.asarray(gather(x)), tree,
-                            is_leaf=lambda x: x is None)
+        """numpy copies of (possibly sharded) arrays; in a multi-process run they are gathered to every device
+        first (a process can read only what its devices hold)."""
+        return jax.device_get(self.replicate(tree) if jax.process_count() > 1 else tree)
 
     def replicate(self, tree: PyTree) -> PyTree:
         """``tree`` replicated on every device of the mesh (for evaluation code that expects whole arrays)."""
-        return jax.jit(lambda t: t, out_shardings=self.replicated)(tree)
+        return self._replicate(tree)
 
 
 def _put_one(host: np.ndarray, sharding: NamedSharding) -> jax.Array:

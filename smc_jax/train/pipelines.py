@@ -24,7 +24,7 @@ import jax
 from smc_jax import sparsity as sp
 from smc_jax.train.checkpoints import RunCheckpoints
 from smc_jax.train.partitioning import Partitioner, Partitioning
-from smc_jax.train.trainer import MaskRules, TrainConfig, fit, write_json
+from smc_jax.train.trainer import MaskRules, TrainConfig, fit, place, write_json
 
 PAPER_SPARSITIES = (0.2, 0.36, 0.488, 0.59, 0.672, 0.738, 0.791, 0.8325, 0.866, 0.893)
 
@@ -99,15 +99,13 @@ class _Layout:
     initialisation (global thresholds, SNIP scores, LTH pruning and rewinding) runs sharded."""
 
     def __init__(self, exp: Experiment, task: Any):
-        self.partitioner = Partitioner(exp.partitioning)
-        self.axes = task.param_axes() if hasattr(task, "param_axes") else None
+        self.partitioner, self.task = Partitioner(exp.partitioning), task
 
     def params(self, params: Any) -> Any:
-        return self.partitioner.put(params, self.partitioner.param_shardings(params, self.axes))
+        return place(self.partitioner, self.task, params)[0]
 
     def masks(self, masks: Any, params: Any) -> Any:
-        shardings = self.partitioner.param_shardings(params, self.axes)
-        return self.partitioner.put(masks, self.partitioner.like_params(masks, params, shardings))
+        return place(self.partitioner, self.task, params, masks)[1]
 
     def batch(self, batch: Any) -> Any:
         return self.partitioner.put_batch(batch)

@@ -129,6 +129,28 @@ def init_state(params: PyTree, tx: optax.GradientTransformation, seed: int) -> d
             "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 2))}
 
 
+def place(partitioner: Partitioner, task: Any, params: PyTree, masks: PyTree | None = None
+          ) -> tuple[PyTree, PyTree | None, PyTree]:
+    """``(params, masks, param shardings)`` laid out on ``partitioner``'s mesh: params by the task's logical
+    axes (``task.param_axes()``; replicated when the task has none), mask trees like their params."""
+    params_sh = partitioner.param_shardings(params, task.param_axes() if hasattr(task, "param_axes") else None)
+    params = partitioner.put(params, params_sh)
+    if masks is not None:
+        masks = partitioner.put(masks, partitioner.like_params(masks, params, params_sh))
+    return params, masks, params_sh
+
+
+def placed_state(partitioner: Partitioner, params: PyTree, params_sh: PyTree, tx: optax.GradientTransformation,
+                 seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`init_state` of placed ``params`` on the mesh, and its shardings: optimizer-state leaves (moments,
+    masks) like their params, the step and the rng replicated."""
+    state = init_state(params, tx, seed)
+    rep = partitioner.replicated
+    shardings = {"step": rep, "params": params_sh, "rng": rep,
+                 "opt_state": partitioner.like_params(state["opt_state"], params, params_sh)}
+    return partitioner.put(state, shardings), shardings
+
+
 def accumulated_value_and_grad(loss: Any, accum_steps: int):
     """``loss``'s value and gradient averaged over ``accum_steps`` equal micro-batches: every batch array is
     split along its leading (batch) axis and the micro-batches run one after another in a ``lax.scan``, so
@@ -220,7 +242,6 @@ def train_step(task: Any, tx: optax.GradientTransformation, split: bool | None =
         return compiled[0][bool(hint)](state, batch)
 
     step.programs = programs  # the jitted programs for a batch (tests lower them to inspect the HLO)
-    step.split = split
     return step
 
 
@@ -260,15 +281,9 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
     epochs_label = int(num_epochs) if train_steps is None else round(total / steps_per_epoch, 3)
     partitioner = Partitioner(partitioning or Partitioning())
     main = jax.process_index() == 0
-    params_sh = partitioner.param_shardings(params, task.param_axes() if hasattr(task, "param_axes") else None)
-    params = partitioner.put(params, params_sh)
-    masks = partitioner.put(masks, partitioner.like_params(masks, params, params_sh))
+    params, masks, params_sh = place(partitioner, task, params, masks)
     tx = sp.sparse_optimizer(task.optimizer(steps_per_epoch, total), algorithm, masks, total)
-    state = init_state(params, tx, seed)
-    rep = partitioner.replicated
-    state_sh = {"step": rep, "params": params_sh, "rng": rep,
-                "opt_state": partitioner.like_params(state["opt_state"], params, params_sh)}
-    state = partitioner.put(state, state_sh)
+    state, state_sh = placed_state(partitioner, params, params_sh, tx, seed)
     checkpoints = RunCheckpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
     metrics_path = workdir / "metrics.jsonl"
     meta = {"epoch": 0, "batch": 0, "best": None, "best_step": None, "final": None, "wall_time_s": 0.0,
@@ -331,7 +346,7 @@ def fit(task: Any, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, n
                 pending.append(loss)
                 step += 1
                 if step % config.log_every == 0 or step == total:
-                    losses = np.asarray([np.asarray(x) for x in pending])
+                    losses = np.asarray(jax.device_get(pending))
                     pending = []
                     rate = (step - first) / max(time.perf_counter() - train_started, 1e-9)
                     _append(metrics_path, {"event": "train", "step": step, "epoch": epoch + 1,
