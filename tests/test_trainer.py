@@ -102,6 +102,18 @@ def test_cv_summary_micro_averages_by_num_eval():
     assert cv["folds"] == folds and cv["wall_time_s"] == 2.0
 
 
+def test_cv_summary_sums_counts_and_pools_the_training_rate():
+    folds = [{"reported": 80.0, "num_eval": 100, "best": {"acc": 80.0, "correct": 80},
+              "final": {"acc": 70.0, "correct": 70}, "actual_sparsity": 0.0, "wall_time_s": 1.0,
+              "per_leaf_sparsity": {}, "fold": k, "metric": "acc", "steps": 100, "train_steps_per_s": 1.0}
+             for k in range(2)]
+    folds[1].update(reported=50.0, num_eval=50, best={"acc": 50.0, "correct": 25},
+                    final={"acc": 40.0, "correct": 20}, train_steps_per_s=4.0)
+    cv = pipelines.cv_summary(folds)
+    assert cv["best"]["correct"] == 105 and cv["final"]["correct"] == 90
+    assert cv["train_steps_per_s"] == pytest.approx(200 / (100 + 25))  # not fold 0's 1.0
+
+
 @pytest.mark.parametrize("value, label", [(0.7902848, 0.791), (0.83222784, 0.8325), (0.5904, 0.59), (0.2, 0.2),
                                           (0.5, 0.5), (0.67232, 0.672), (0.12345678, 0.1235)])
 def test_sparsity_labels_follow_the_paper_grid(value, label):

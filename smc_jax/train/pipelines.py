@@ -196,12 +196,19 @@ def _run_lth(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path) -> 
 
 def cv_summary(folds: list[dict]) -> dict:
     """``summary.json`` keys with ``fold: 'all'``, ``reported`` and ``best``/``final`` metrics
-    micro-averaged over ``num_eval`` (SPEC §1.2), ``num_eval`` summed and the fold summaries under ``folds``."""
+    micro-averaged over ``num_eval`` (SPEC §1.2), integer counts (``value_correct``...) and ``num_eval``
+    summed, ``train_steps_per_s`` = all steps over all training time, and the fold summaries under ``folds``."""
     n = sum(f["num_eval"] for f in folds)
 
     def average(key: str) -> dict:
-        return {m: sum(f[key][m] * f["num_eval"] for f in folds) / n for m in folds[0][key]
-                if isinstance(folds[0][key][m], float)}
+        return {m: (sum(f[key][m] for f in folds) if isinstance(v, int)
+                    else sum(f[key][m] * f["num_eval"] for f in folds) / n)
+                for m, v in folds[0][key].items() if isinstance(v, (int, float))}
+
+    rates = {}
+    if all(f.get("train_steps_per_s") and f.get("steps") for f in folds):
+        train_s = sum(f["steps"] / f["train_steps_per_s"] for f in folds)
+        rates = {"train_steps_per_s": sum(f["steps"] for f in folds) / train_s}
 
     first = folds[0]
     per_leaf = {k: sum(f["per_leaf_sparsity"][k] for f in folds) / len(folds) for k in first["per_leaf_sparsity"]}
@@ -209,7 +216,8 @@ def cv_summary(folds: list[dict]) -> dict:
             "reported": sum(f["reported"] * f["num_eval"] for f in folds) / n,
             "best": average("best"), "final": average("final"),
             "best_step": None, "actual_sparsity": sum(f["actual_sparsity"] for f in folds) / len(folds),
-            "wall_time_s": sum(f["wall_time_s"] for f in folds), "per_leaf_sparsity": per_leaf, "folds": folds}
+            "wall_time_s": sum(f["wall_time_s"] for f in folds), **rates, "per_leaf_sparsity": per_leaf,
+            "folds": folds}
 
 
 def run_experiment(exp: Experiment, config_text: str | None = None) -> dict:
