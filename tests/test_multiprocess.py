@@ -49,13 +49,22 @@ def test_two_processes_write_the_single_process_summary(tmp_path):
     single = subprocess.run(args(tmp_path / "single"), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     port = free_port()
-    multi_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [subprocess.Popen(args(tmp_path / "multi") + [f"--coordinator_address=127.0.0.1:{port}",
-                                                          "--num_processes=2", f"--process_id={i}"],
-                              cwd=REPO, env=multi_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+    # Output to files, not pipes: a process blocked on a full pipe nobody reads would stall the other at
+    # jax.distributed's shutdown barrier. PYTHONFAULTHANDLER: an abort dumps every thread's Python stack.
+    multi_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONFAULTHANDLER="1")
+    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+    procs = []
+    for i, log in enumerate(logs):
+        with open(log, "w") as out:
+            procs.append(subprocess.Popen(args(tmp_path / "multi") + [f"--coordinator_address=127.0.0.1:{port}",
+                                                                      "--num_processes=2", f"--process_id={i}"],
+                                          cwd=REPO, env=multi_env, stdout=out, stderr=subprocess.STDOUT))
+    try:
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0], "".join(f"--- process {i} ---\n{log.read_text()[-4000:]}" for i, log in enumerate(logs))
     a = json.loads((tmp_path / "single" / "summary.json").read_text())
     b = json.loads((tmp_path / "multi" / "summary.json").read_text())
     for key in ("wall_time_s", "train_steps_per_s"):
