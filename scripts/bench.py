@@ -171,7 +171,7 @@ def _gts_algorithm(name: str, update_frequency: int) -> sp.Algorithm:
 
 
 def bench_gts(args: argparse.Namespace) -> None:
-    from smc_jax.tasks.arithmetic_task import ArithmeticTask
+    from smc_jax.tasks.arithmetic.task import ArithmeticTask
     from smc_jax.train.trainer import MaskRules, init_state, train_step
 
     task = ArithmeticTask(dataset="mawps", fold=0, data_dir=args.data_dir, hidden=args.hidden,
@@ -529,7 +529,7 @@ def _scaling_run(args: argparse.Namespace, counts: list[int]) -> list[dict]:
     """In this process: for every device count in ``counts`` and mesh, build the sharded state the way
     ``trainer.fit`` does, compile the train step, record the first-step loss, then time non-update steps in
     rounds interleaving the configurations. Returns one row per (device count, mesh)."""
-    from smc_jax.tasks.arithmetic_task import ArithmeticTask
+    from smc_jax.tasks.arithmetic.task import ArithmeticTask
     from smc_jax.train.partitioning import Partitioner
     from smc_jax.train.trainer import MaskRules, place, placed_state, train_step
 

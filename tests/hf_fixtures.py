@@ -112,7 +112,7 @@ def tiny_commonsense_roberta(directory: Path, shared_data: Path) -> Path:
     (800 tokens) trained on CommonsenseQA / WinoGrande / RACE text, saved as a checkpoint directory."""
     from tokenizers import ByteLevelBPETokenizer
 
-    from smc_jax.tasks import commonsense_data as cd
+    from smc_jax.tasks.commonsense import data as cd
 
     texts = []
     for q in cd.load_split("csqa", "validation", shared_data / "commonsenseqa")[:400]:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 import smc_jax.sparsity as sp
-from smc_jax.tasks.arithmetic_task import ArithmeticTask
+from smc_jax.tasks.arithmetic.task import ArithmeticTask
 from smc_jax.train.checkpoints import RunCheckpoints
 from smc_jax.train.partitioning import Partitioner, Partitioning
 from smc_jax.train.trainer import MaskRules, TrainConfig, fit, place, placed_state, train_step

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smc_jax.tasks import arithmetic as A
+from smc_jax.tasks.arithmetic import data as A
 
 SHARED = Path(os.environ.get("SMC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ARITHMETIC = SHARED / "arithmetic"

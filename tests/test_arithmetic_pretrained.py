@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from smc_jax.tasks import arithmetic as data  # noqa: E402
-from smc_jax.tasks.arithmetic_task import ArithmeticTask  # noqa: E402
+from smc_jax.tasks.arithmetic import data  # noqa: E402
+from smc_jax.tasks.arithmetic.task import ArithmeticTask  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"

@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from smc_jax.tasks import arithmetic as data
-from smc_jax.tasks.arithmetic_task import ArithmeticTask, bucket, make_batch, unk_candidates
+from smc_jax.tasks.arithmetic import data
+from smc_jax.tasks.arithmetic.task import ArithmeticTask, bucket, make_batch, unk_candidates
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"

@@ -12,7 +12,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from smc_jax.tasks import commonsense_data as cd  # noqa: E402
+from smc_jax.tasks.commonsense import data as cd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data"))

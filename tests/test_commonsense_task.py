@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from smc_jax.tasks import commonsense_data as cd  # noqa: E402
-from smc_jax.tasks.commonsense import CommonsenseTask, polynomial_decay  # noqa: E402
+from smc_jax.tasks.commonsense import data as cd  # noqa: E402
+from smc_jax.tasks.commonsense.task import CommonsenseTask, polynomial_decay  # noqa: E402
 from smc_jax.train.trainer import init_state, train_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

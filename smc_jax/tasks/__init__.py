@@ -1,1 +1,10 @@
-"""Task families: data, batches, loss, decoding and metrics per task (imports models, never train)."""
+"""The task families, registered by family name (``TASKS['arithmetic']`` is :class:`ArithmeticTask`); an
+instance's ``name`` is its dataset or setting (``'mawps'``), what ``summary.json["task"]`` holds."""
+
+from smc_jax.tasks.arithmetic import ArithmeticTask
+from smc_jax.tasks.base import BatchStream, EpochStream, EvalChunk, Task, TaskBase
+from smc_jax.tasks.commonsense import CommonsenseTask
+
+TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "commonsense": CommonsenseTask}
+
+__all__ = ["TASKS", "ArithmeticTask", "BatchStream", "CommonsenseTask", "EpochStream", "EvalChunk", "Task", "TaskBase"]

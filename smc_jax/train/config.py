@@ -9,8 +9,8 @@ from __future__ import annotations
 import gin
 
 from smc_jax import sparsity as sp
-from smc_jax.tasks.arithmetic_task import ArithmeticTask
-from smc_jax.tasks.commonsense import CommonsenseTask
+from smc_jax.tasks.arithmetic.task import ArithmeticTask
+from smc_jax.tasks.commonsense.task import CommonsenseTask
 from smc_jax.train.partitioning import Partitioning
 from smc_jax.train.pipelines import Experiment
 from smc_jax.train.trainer import MaskRules, TrainConfig

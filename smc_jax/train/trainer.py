@@ -1,6 +1,6 @@
 """The training loop of one run: jitted train step, per-epoch evaluation, checkpoints, metrics, summary.
 
-Task-agnostic: a task object (e.g. :class:`smc_jax.tasks.arithmetic_task.ArithmeticTask`) supplies
+Task-agnostic: a task object (e.g. :class:`smc_jax.tasks.arithmetic.task.ArithmeticTask`) supplies
 ``init_params``, ``train_batches(seed, epoch)``, ``loss(params, batch, key)``, ``optimizer(steps_per_epoch)``,
 ``evaluate(params)`` and the names it reports (``name``, ``model_name``, ``pretrained``, ``fold``,
 ``metric``, ``metrics``). :func:`fit` trains given starting params and masks under one algorithm; the

@@ -26,7 +26,7 @@ import optax
 
 from smc_jax.models.gts import GTS, make_loss
 from smc_jax.models.tree_schedule import batch_schedule, example_schedule
-from smc_jax.tasks import arithmetic as data
+from smc_jax.tasks.arithmetic import data
 
 PyTree = Any
 

@@ -11,7 +11,7 @@ RoBERTa (or BERT) encoder, faithful to fairseq's RoBERTa recipes (SPEC §1.1).
   parameter), learning rate ``polynomial`` (linear warmup, then linear decay to 0 at the last update, as
   fairseq's ``polynomial_decay`` steps it) or ``fixed`` (RACE).
 
-Data and text formats live in :mod:`smc_jax.tasks.commonsense_data`. Batches are padded to bucket lengths
+Data and text formats live in :mod:`smc_jax.tasks.commonsense.data`. Batches are padded to bucket lengths
 and to a fixed number of rows (padded rows weigh nothing), so a step compiles once per bucket.
 """
 
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from smc_jax.tasks import commonsense_data as data
+from smc_jax.tasks.commonsense import data
 
 PyTree = Any
 
