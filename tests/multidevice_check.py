@@ -15,7 +15,12 @@ import smc_jax.sparsity as sp
 from smc_jax.tasks.arithmetic.task import ArithmeticTask
 from smc_jax.train.checkpoints import RunCheckpoints
 from smc_jax.train.partitioning import Partitioner, Partitioning
-from smc_jax.train.trainer import MaskRules, TrainConfig, fit, place, placed_state, train_step
+from smc_jax.train.optim import Optimizer, StepLR
+from smc_jax.train.steps import place, placed_state, train_step
+from smc_jax.train.trainer import MaskRules, TrainConfig, fit
+
+OPTIMIZER = Optimizer(kind="adam_l2", learning_rate=1e-3, weight_decay=1e-5, schedule=StepLR(20, 0.5),
+                      groups={"embedding": {"learning_rate": 8e-6}})
 
 MESHES = {"one": Partitioning(data=1), "data8": Partitioning(data=8), "fsdp8": Partitioning(data=1, fsdp=8)}
 
@@ -24,7 +29,7 @@ def run(task, algorithm, partitioning, workdir):
     params = task.init_params(jax.random.key(0))
     masks = algorithm.init_masks(params, MaskRules().masks(params, algorithm.name), key=jax.random.key(1))
     summary = fit(task, algorithm, workdir, seed=0, num_epochs=1, params=sp.apply_masks(params, masks), masks=masks,
-                  config=TrainConfig(progress="off", log_every=1), partitioning=partitioning)
+                  optimizer=OPTIMIZER, config=TrainConfig(progress="off", log_every=1), partitioning=partitioning)
     losses = [e["loss"] for e in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
               if e["event"] == "train"]
     best, _ = RunCheckpoints(workdir / "checkpoints").restore_best({"params": params, "masks": masks})
@@ -38,10 +43,10 @@ def gathers_whole_param(task, algorithm, partitioning) -> tuple[bool, int]:
     params = task.init_params(jax.random.key(0))
     masks = algorithm.init_masks(params, MaskRules().masks(params, algorithm.name), key=jax.random.key(1))
     params, masks, params_sh = place(partitioner, task, params, masks)
-    tx = sp.sparse_optimizer(task.optimizer(task.steps_per_epoch, 8), algorithm, masks, 8)
+    tx = sp.sparse_optimizer(OPTIMIZER.build(task.param_groups, task.steps_per_epoch, 8), algorithm, masks, 8)
     state, state_sh = placed_state(partitioner, params, params_sh, tx, 0)
     step = train_step(task, tx, True, 1, state_sh, partitioner)
-    batch = partitioner.put_batch(task.train_batches(0, 0)[0])
+    batch = partitioner.put_batch(task.epoch_batches(0, 0)[0])
     gradient_fn, update_fns = step.programs(batch)
     grads = jax.tree.map(lambda p: p * 0, state["params"])
     update_hlo = update_fns[True].lower(state, grads).compile().as_text()

@@ -7,11 +7,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from smc_jax.tasks.arithmetic import data
-from smc_jax.tasks.arithmetic.task import ArithmeticTask, bucket, make_batch, unk_candidates
+from smc_jax.tasks.arithmetic.task import ArithmeticTask, make_batch, unk_candidates
+from smc_jax.tasks.batching import bucket_length
+from smc_jax.train.optim import Optimizer, StepLR
+from smc_jax.train.steps import evaluator
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
@@ -24,7 +26,8 @@ def vocab():
 
 
 def test_bucket_lengths():
-    assert [bucket(n, (8, 16)) for n in (1, 8, 9, 16, 17, 33)] == [8, 8, 16, 16, 32, 48]
+    assert [bucket_length(n, (8, 16)) for n in (1, 8, 9, 16, 17, 33)] == [8, 8, 16, 16, 32, 48]
+    assert [bucket_length(n, (8, 16, 32), cap=20) for n in (1, 9, 17, 40)] == [8, 16, 20, 20]
 
 
 def test_unk_candidates_follow_num_stack_in_target_order():
@@ -57,34 +60,36 @@ def test_task_on_real_mawps_fold():
                           embedding_size=8, batch_size=4, input_buckets=(96,), target_buckets=(16,))
     assert task.steps_per_epoch == 3 and task.num_eval == 6 and task.name == "mawps" and task.fold == 0
     assert len(task.vocab.input_words) == 2260  # vocabulary of the whole fold, whatever the subset
-    batches = task.train_batches(seed=1, epoch=0)
+    batches = task.epoch_batches(seed=1, epoch=0)
     assert [int(b["target_lengths"].astype(bool).sum()) for b in batches] == [4, 4, 2]
     assert all(b["input_ids"].shape == (4, 96) for b in batches)
     order = [b["lengths"][: int(b["target_lengths"].astype(bool).sum())] for b in batches]
     assert all(list(o) == sorted(o, reverse=True) for o in order)  # longest first within a batch
-    again = task.train_batches(seed=1, epoch=0)
+    again = task.epoch_batches(seed=1, epoch=0)
     assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))
     params = task.init_params(jax.random.key(0))
     loss = task.loss(params, jax.tree.map(jnp.asarray, batches[0]))
     assert np.isfinite(float(loss)) and float(loss) > 0
-    result = task.evaluate(params)
+    result = evaluator(task)(params)
     assert result["num_eval"] == 6 and 0 <= result["value_accuracy"] <= 100
-    assert len(task.predict(params)) == 6
+    assert set(task.eval_sets()) == {"dev"} and sum(c.count for c in task.eval_sets()["dev"]) == 6
     assert "train_value_accuracy" not in result  # the training set is decoded only when asked
-    shown = dataclasses.replace(task, show_train_accuracy=True).evaluate(params)
+    shown_task = dataclasses.replace(task, show_train_accuracy=True)
+    shown = evaluator(shown_task)(params)
     assert 0 <= shown["train_value_accuracy"] <= 100 and shown["value_accuracy"] == result["value_accuracy"]
     # a batch's merge-cascade width is bounded by its target bucket: (T - 1) // 2, at least 1
     short = dataclasses.replace(task, target_buckets=(5, 16))
-    widths = {b["targets"].shape[1]: b["merge_op"].shape[2] for b in short.train_batches(seed=1, epoch=0)}
+    widths = {b["targets"].shape[1]: b["merge_op"].shape[2] for b in short.epoch_batches(seed=1, epoch=0)}
     assert all(w == max(1, min(short.merge_depth, (t - 1) // 2)) for t, w in widths.items())
 
 
 @needs_data
 def test_optimizer_groups_l2_and_step_lr():
-    task = ArithmeticTask(data_dir=str(DATA), max_train_examples=4, max_eval_examples=2, hidden=4, embedding_size=4,
-                          lr=1e-3, emb_lr=1e-5, weight_decay=0.1, lr_step_epochs=2, lr_gamma=0.5)
+    task = ArithmeticTask(data_dir=str(DATA), max_train_examples=4, max_eval_examples=2, hidden=4, embedding_size=4)
+    optimizer = Optimizer(kind="adam_l2", learning_rate=1e-3, weight_decay=0.1, schedule=StepLR(2, 0.5),
+                          groups={"embedding": {"learning_rate": 1e-5}})
     params = {"embedding": {"embedding": jnp.ones((2, 2))}, "encoder": {"w": jnp.ones((2, 2))}}
-    tx = task.optimizer(steps_per_epoch=3)
+    tx = optimizer.build(task.param_groups, steps_per_epoch=3, total_steps=9)
     state = tx.init(params)
     grads = jax.tree.map(jnp.zeros_like, params)  # only the L2 term drives the update
     sizes = []

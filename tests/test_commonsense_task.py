@@ -9,15 +9,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from smc_jax.tasks.commonsense import data as cd  # noqa: E402
-from smc_jax.tasks.commonsense.task import CommonsenseTask, polynomial_decay  # noqa: E402
-from smc_jax.train.trainer import init_state, train_step  # noqa: E402
+from smc_jax.tasks.commonsense.task import CommonsenseTask  # noqa: E402
+from smc_jax.train.optim import Optimizer  # noqa: E402
+from smc_jax.train.steps import evaluator, init_state, train_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -66,7 +66,7 @@ def test_csqa_batches_decode_to_the_fairseq_format(checkpoint):
 def test_winogrande_batches_mask_the_option_and_put_the_answer_first(checkpoint):
     task = make(checkpoint, "winogrande")
     rows = cd.load_split("winogrande", "train", FOLDER["winogrande"], size="xs")
-    batch = task.train_batches(0, 0)[0]
+    batch = task.epoch_batches(0, 0)[0]
     order = np.random.default_rng([0, 0]).permutation(16)[:8]  # the task's shuffle of epoch 0, seed 0
     for b, i in enumerate(order):
         row = rows[i]
@@ -87,18 +87,19 @@ def test_race_batches_put_the_option_before_the_article_and_truncate_the_article
         text = decode(task, batch["input_ids"][0, c], batch["attention_mask"][0, c])
         head = f"<s>{cd.race_option_text(rows[0].question, rows[0].choices[c])}</s></s>"
         assert text.startswith(head) and rows[0].context.startswith(text[len(head):][:40])
-    assert task.metrics == ("middle_accuracy",) and set(task.evaluate(task.init_params(jax.random.key(0)))) == {
+    assert task.metrics == ("middle_accuracy",) and set(evaluator(task)(task.init_params(jax.random.key(0)))) == {
         "accuracy", "middle_accuracy", "num_eval"}
 
 
 @pytest.mark.parametrize("dataset", ["csqa", "winogrande", "race"])
 def test_the_loss_falls_over_50_steps(checkpoint, dataset):
-    task = make(checkpoint, dataset, lr=1e-3, schedule="fixed", dropout=0.0, attention_dropout=0.0)
+    task = make(checkpoint, dataset, dropout=0.0, attention_dropout=0.0)
     params = task.init_params(jax.random.key(0))
-    tx = task.optimizer(task.steps_per_epoch, 50)
+    tx = Optimizer(kind="adamw", learning_rate=1e-3, b2=0.98, eps=1e-6, weight_decay=0.01).build(
+        task.param_groups, task.steps_per_epoch, 50)
     step = train_step(task, tx, accum_steps=2 if dataset == "race" else 1)
     state, losses = init_state(params, tx, 0), []
-    batches = task.train_batches(0, 0)
+    batches = task.epoch_batches(0, 0)
     for i in range(50):
         state, loss = step(state, batches[i % len(batches)])
         losses.append(float(loss))
@@ -110,31 +111,13 @@ def test_the_loss_falls_over_50_steps(checkpoint, dataset):
 def test_evaluation_is_independent_of_padding_and_order(checkpoint, dataset):
     task = make(checkpoint, dataset)
     params = task.init_params(jax.random.key(1))
-    rows = task.eval_sets["accuracy"]
+    rows = task.eval_rows["accuracy"]
     hits = 0
     for row in rows:  # one unpadded example at a time
         scores = task._scores(params, jax.tree.map(jnp.asarray, task.make_batch([row], 1)), None)[0]
         hits += bool(scores[0] >= scores[1]) if dataset == "winogrande" else int(jnp.argmax(scores)) == row["label"]
-    result = task.evaluate(params)
+    result = evaluator(task)(params)
     assert result["accuracy"] == pytest.approx(100.0 * hits / len(rows)) and result["num_eval"] == 24
-
-
-def test_polynomial_decay_is_fairseqs():
-    lr = polynomial_decay(1e-5, 150, 3000)
-    got = [float(lr(t)) for t in (0, 1, 2, 75, 150, 151, 1575, 3000)]
-    want = [1e-5 / 150, 1e-5 / 150, 2e-5 / 150, 0.5e-5, 1e-5, 1e-5 * (1 - 1 / 2850), 0.5e-5, 0.0]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
-
-
-def test_adam_decays_every_weight_decoupled(checkpoint):
-    """fairseq Adam: p <- p - lr*wd*p besides the Adam step, biases and LayerNorms included."""
-    task = make(checkpoint, "csqa", schedule="fixed", lr=0.1, weight_decay=0.5)
-    params = {"w": jnp.ones((2, 2)), "b": jnp.full((2,), 2.0)}
-    tx = task.optimizer(10, 10)
-    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-    new = optax.apply_updates(params, updates)
-    np.testing.assert_allclose(new["w"], 1 - 0.1 * 0.5, rtol=1e-6)
-    np.testing.assert_allclose(new["b"], 2 - 0.1 * 0.5 * 2, rtol=1e-6)
 
 
 def test_bad_settings_are_one_line_errors(checkpoint):

@@ -1,6 +1,5 @@
 """The engine on a tiny fake task: selection rules, summaries, CV averaging, names of workdirs."""
 
-import dataclasses
 import json
 
 import jax
@@ -9,48 +8,12 @@ import numpy as np
 import optax
 import pytest
 
+from fake_tasks import ADAM, FakeTask
+
 from smc_jax import sparsity as sp
 from smc_jax.train import pipelines
-from smc_jax.train.trainer import MaskRules, TrainConfig, fit, init_state, train_step
-
-
-@dataclasses.dataclass
-class FakeTask:
-    """Linear regression with scripted evaluation results (one per epoch)."""
-
-    scores: tuple = (90.0, 50.0, 60.0, 55.0)
-    fold: int | None = 0
-    name = "fake"
-    model_name = "linear"
-    pretrained = None
-    metric = "acc"
-    metrics = ("acc", "other")
-    num_eval = 10
-    steps_per_epoch = 5
-
-    def __post_init__(self):
-        self.calls = 0
-
-    def init_params(self, key):
-        return {"w": jax.random.normal(key, (8, 4)), "b": jnp.zeros(4)}
-
-    def train_batches(self, seed, epoch):
-        rng = np.random.default_rng([seed, epoch])
-        return [{"x": rng.normal(size=(4, 8)).astype(np.float32)} for _ in range(self.steps_per_epoch)]
-
-    def loss(self, params, batch, key=None):
-        return jnp.mean((batch["x"] @ params["w"] + params["b"] - 1.0) ** 2)
-
-    def optimizer(self, steps_per_epoch, total_steps=None):
-        return optax.adam(1e-2)
-
-    def evaluate(self, params):
-        score = self.scores[self.calls]
-        self.calls += 1
-        return {"acc": score, "other": -score, "num_eval": self.num_eval}
-
-    def config(self):
-        return {"scores": self.scores, "fold": self.fold}
+from smc_jax.train.steps import init_state, train_step
+from smc_jax.train.trainer import MaskRules, TrainConfig, fit
 
 
 def run(tmp_path, algorithm, task=None, epochs=4, train_steps=None, **config):
@@ -58,7 +21,8 @@ def run(tmp_path, algorithm, task=None, epochs=4, train_steps=None, **config):
     params = task.init_params(jax.random.key(0))
     masks = algorithm.init_masks(params, MaskRules().masks(params, algorithm.name), key=jax.random.key(1))
     return fit(task, algorithm, tmp_path, seed=0, num_epochs=epochs, params=sp.apply_masks(params, masks),
-               masks=masks, config=TrainConfig(progress="off", log_every=3, **config), train_steps=train_steps)
+               masks=masks, optimizer=ADAM, config=TrainConfig(progress="off", log_every=3, **config),
+               train_steps=train_steps)
 
 
 def eval_steps(workdir):
@@ -69,6 +33,8 @@ def eval_steps(workdir):
 def test_best_epoch_is_reported(tmp_path):
     summary = run(tmp_path, sp.OMPBefore(sparsity=0.5))
     assert summary["reported"] == 90.0 and summary["best_step"] == 5 and summary["final"]["acc"] == 55.0
+    assert summary["selection"] == "best" and summary["selected_step"] == 5 and summary["selected"] == summary["best"]
+    assert summary["diverged"] is False
     assert summary["best"] == {"acc": 90.0, "other": -90.0, "num_eval": 10}
     assert summary["actual_sparsity"] == 0.5 and summary["num_prunable"] == 32 and summary["num_params"] == 36
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
@@ -80,14 +46,16 @@ def test_best_epoch_is_reported(tmp_path):
 def test_gmp_reports_only_from_the_window_end(tmp_path):
     # T = 20 steps, window [2, 16): epochs end at 5, 10, 15, 20 -> only the last is eligible
     summary = run(tmp_path, sp.GMP(sparsity=0.5, update_frequency=2))
-    assert summary["best_step"] == 20 and summary["reported"] == 55.0
+    assert summary["selection"] == "best_after_window" and summary["selected_step"] == 20
+    assert summary["reported"] == 55.0 == summary["selected"]["acc"]
+    assert summary["best_step"] == 5 and summary["best"]["acc"] == 90.0  # the best of all, whatever the selection
     assert summary["scheduled_sparsity"] == 0.5 and summary["actual_sparsity"] == 0.5
 
 
 def test_a_finished_run_resumes_to_the_same_summary(tmp_path):
     first = run(tmp_path, sp.RigL(sparsity=0.5, update_frequency=3))
     again = run(tmp_path, sp.RigL(sparsity=0.5, update_frequency=3), task=FakeTask(scores=()))  # no evaluation
-    for key in ("best", "final", "best_step", "per_leaf_sparsity", "steps"):
+    for key in ("best", "final", "best_step", "selected", "selected_step", "per_leaf_sparsity", "steps"):
         assert again[key] == first[key]
 
 
@@ -130,7 +98,7 @@ def test_dense_workdir_names_the_dense_settings_only(tmp_path):
 
 
 def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(capsys):
-    from smc_jax.train.trainer import Progress
+    from smc_jax.train.records import Progress
 
     bar = Progress("bar", total=10, title="[t]")
     bar.update(5, {"loss": "0.5"})
@@ -157,11 +125,11 @@ def test_split_and_fused_steps_train_alike(algorithm):
     task = FakeTask()
     params = task.init_params(jax.random.key(0))
     masks = algorithm.init_masks(params, MaskRules().masks(params, algorithm.name), key=jax.random.key(1))
-    tx = sp.sparse_optimizer(task.optimizer(5), algorithm, masks, 10)
+    tx = sp.sparse_optimizer(ADAM.build({}, 5, 10), algorithm, masks, 10)
     results = []
     for split in (True, False):
         state, run_step, losses = init_state(sp.apply_masks(params, masks), tx, 0), train_step(task, tx, split), []
-        for step, batch in enumerate(task.train_batches(0, 0) + task.train_batches(0, 1)):
+        for step, batch in enumerate(task.epoch_batches(0, 0) + task.epoch_batches(0, 1)):
             state, loss = run_step(state, batch, (step + 1) in set(algorithm.update_steps(10)))
             losses.append(float(loss))
         results.append((state, losses))
@@ -201,7 +169,7 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
     """Two micro-batches of 2 rows give the gradient of the 4-row batch (a mean loss)."""
     task = FakeTask()
     params = task.init_params(jax.random.key(0))
-    batch = task.train_batches(0, 0)[0]
+    batch = task.epoch_batches(0, 0)[0]
     tx = optax.sgd(0.1)
     stepped = []
     for accum in (1, 2, 4):

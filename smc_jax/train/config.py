@@ -1,7 +1,8 @@
 """gin registration of everything a gin file may name: the algorithms, the tasks and the engine's settings.
 
 The sparsity core and the tasks stay free of gin (DESIGN.md); this module registers them, once, under
-their class names (``RigL.sparsity = %SPARSITY``, ``Experiment.task = @ArithmeticTask``).
+their class names (``RigL.sparsity = %SPARSITY``, ``Experiment.task = @ArithmeticTask``): the algorithms, every
+task family of ``smc_jax.tasks.TASKS``, the optimizer and its schedules, and the engine's settings.
 """
 
 from __future__ import annotations
@@ -9,15 +10,15 @@ from __future__ import annotations
 import gin
 
 from smc_jax import sparsity as sp
-from smc_jax.tasks.arithmetic.task import ArithmeticTask
-from smc_jax.tasks.commonsense.task import CommonsenseTask
+from smc_jax.tasks import TASKS
+from smc_jax.train.optim import SCHEDULES, Optimizer
 from smc_jax.train.partitioning import Partitioning
 from smc_jax.train.pipelines import Experiment
 from smc_jax.train.trainer import MaskRules, TrainConfig
 
 ALGORITHM_CLASSES = (sp.Dense, sp.LTH, sp.OMPAfter, sp.RandomAfter, sp.GMP, sp.OMPBefore, sp.RandomBefore, sp.SNIP,
                      sp.RigL)
-CONFIGURABLES = (*ALGORITHM_CLASSES, ArithmeticTask, CommonsenseTask, Experiment, MaskRules, Partitioning,
+CONFIGURABLES = (*ALGORITHM_CLASSES, *TASKS.values(), Optimizer, *SCHEDULES, Experiment, MaskRules, Partitioning,
                  TrainConfig)
 
 _registered: dict[str, type] = {}

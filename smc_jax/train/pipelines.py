@@ -22,9 +22,13 @@ from typing import Any
 import jax
 
 from smc_jax import sparsity as sp
+from smc_jax.tasks.base import Task
 from smc_jax.train.checkpoints import RunCheckpoints
+from smc_jax.train.optim import Optimizer
 from smc_jax.train.partitioning import Partitioner, Partitioning
-from smc_jax.train.trainer import MaskRules, TrainConfig, fit, place, write_json
+from smc_jax.train.records import write_json
+from smc_jax.train.steps import place
+from smc_jax.train.trainer import Diverged, MaskRules, TrainConfig, fit
 
 PAPER_SPARSITIES = (0.2, 0.36, 0.488, 0.59, 0.672, 0.738, 0.791, 0.8325, 0.866, 0.893)
 
@@ -37,16 +41,18 @@ def sparsity_label(sparsity: float) -> float:
 
 @dataclasses.dataclass
 class Experiment:
-    """One experiment (gin: ``Experiment.*``): a task factory, an algorithm and where to write.
+    """One experiment (gin: ``Experiment.*``): a task factory, an algorithm, an optimizer and where to write.
 
-    ``task`` is called as ``task()`` (or ``task(fold=k)`` for ``fold='all'``); a run lasts ``num_epochs``
+    ``task`` is called as ``task(fold=k)`` (a class of ``smc_jax.tasks.TASKS``); ``optimizer`` is the
+    :class:`smc_jax.train.optim.Optimizer` the task family's gin file states; a run lasts ``num_epochs``
     epochs, or exactly ``train_steps`` updates when that is set (step-based recipes); ``workdir`` ``None`` names
     ``runs/<task>_<algorithm>_s<sparsity>_seed<seed>[_fold<k>]``; ``dense_workdir`` ``None`` names a sibling
     from the task, model, pretrained, seed, fold and a hash of the dense run's settings.
     """
 
-    task: Callable[..., Any]
+    task: Callable[..., Task]
     algorithm: sp.Algorithm
+    optimizer: Optimizer | None = None
     seed: int = 6174
     num_epochs: int = 50
     train_steps: int | None = None
@@ -60,6 +66,9 @@ class Experiment:
     def __post_init__(self):
         if not isinstance(self.algorithm, sp.Algorithm):
             raise ValueError(f"Experiment.algorithm must be an algorithm (e.g. @RigL()), got {self.algorithm!r}")
+        if not isinstance(self.optimizer, Optimizer):
+            raise ValueError(f"Experiment.optimizer must be an optimizer (e.g. @Optimizer() in the task family's gin "
+                             f"file), got {self.optimizer!r}")
         if int(self.num_epochs) < 1:
             raise ValueError(f"NUM_EPOCHS must be >= 1, got {self.num_epochs}")
         if self.train_steps is not None and int(self.train_steps) < 1:
@@ -71,7 +80,7 @@ def _keys(seed: int) -> dict[str, jax.Array]:
     return {"init": jax.random.fold_in(base, 0), "masks": jax.random.fold_in(base, 1), "snip": jax.random.fold_in(base, 3)}
 
 
-def default_workdir(task: Any, algorithm: sp.Algorithm, seed: int, fold: int | str | None = None) -> Path:
+def default_workdir(task: Task, algorithm: sp.Algorithm, seed: int, fold: int | str | None = None) -> Path:
     """``runs/<task>_<algorithm>[_s<sparsity>]_seed<seed>[_fold<k>]`` (``fold`` overrides the task's)."""
     sparse = "" if isinstance(algorithm, sp.Dense) else f"_s{getattr(algorithm, 'sparsity', 0.0):g}"
     fold = task.fold if fold is None else fold
@@ -79,10 +88,13 @@ def default_workdir(task: Any, algorithm: sp.Algorithm, seed: int, fold: int | s
     return Path("runs") / f"{task.name}_{algorithm.name}{sparse}_seed{seed}{fold}"
 
 
-def default_dense_workdir(task: Any, workdir: Path, seed: int, num_epochs: int, train_steps: int | None = None
-                          ) -> Path:
+def default_dense_workdir(task: Task, workdir: Path, seed: int, num_epochs: int, train_steps: int | None = None,
+                          optimizer: Optimizer | None = None) -> Path:
+    """A sibling of ``workdir`` named from the task, model, pretrained, seed, fold and a hash of the settings that
+    decide the dense run (the task's ``config()``, the run length, the optimizer)."""
     length = {"num_epochs": int(num_epochs)} if train_steps is None else {"train_steps": int(train_steps)}
-    settings = json.dumps({"task": task.config(), **length}, sort_keys=True, default=str)
+    optim = {} if optimizer is None else {"optimizer": optimizer.config()}
+    settings = json.dumps({"task": task.config(), **length, **optim}, sort_keys=True, default=str)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
     fold = "" if task.fold is None else f"_fold{task.fold}"
     pretrained = task.pretrained.replace("/", "-") if task.pretrained else "learned"
@@ -98,7 +110,7 @@ class _Layout:
     """The run's mesh: params laid out by the task's logical axes, mask trees like their params, so mask
     initialisation (global thresholds, SNIP scores, LTH pruning and rewinding) runs sharded."""
 
-    def __init__(self, exp: Experiment, task: Any):
+    def __init__(self, exp: Experiment, task: Task):
         self.partitioner, self.task = Partitioner(exp.partitioning), task
 
     def params(self, params: Any) -> Any:
@@ -120,11 +132,11 @@ def _best(workdir: Path, params: Any, masks: Any) -> tuple[Any, Any]:
     return tree["params"], tree["masks"]
 
 
-def _log(task: Any, text: str) -> None:
+def _log(task: Task, text: str) -> None:
     print(f"[{task.name}{'' if task.fold is None else f' fold {task.fold}'}] {text}", flush=True)
 
 
-def ensure_dense(exp: Experiment, task: Any, dense_workdir: Path) -> tuple[Any, Any, dict]:
+def ensure_dense(exp: Experiment, task: Task, dense_workdir: Path) -> tuple[Any, Any, dict]:
     """The dense run's initial params, best-epoch params and summary (laid out on the mesh); trains it first
     if needed."""
     keys, layout = _keys(exp.seed), _Layout(exp, task)
@@ -135,23 +147,31 @@ def ensure_dense(exp: Experiment, task: Any, dense_workdir: Path) -> tuple[Any, 
     if summary is None:
         _log(task, f"training the dense run first, in {dense_workdir}")
         summary = fit(task, dense, dense_workdir, seed=exp.seed, num_epochs=exp.num_epochs, params=initial,
-                      masks=masks, config=exp.train, report={"sparsity_label": 0.0}, train_steps=exp.train_steps,
-                      partitioning=exp.partitioning)
+                      masks=masks, optimizer=exp.optimizer, config=exp.train, report={"sparsity_label": 0.0},
+                      train_steps=exp.train_steps, partitioning=exp.partitioning)
     else:
+        _check_not_diverged(summary, dense_workdir)
         _log(task, f"reusing the dense run in {dense_workdir} (reported {summary['reported']:.2f})")
     best, _ = _best(dense_workdir, initial, masks)
     return initial, best, summary
 
 
-def run_single(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path | None) -> dict:
+def _check_not_diverged(summary: dict, workdir: Path) -> None:
+    if summary.get("diverged"):
+        raise Diverged(summary.get("diverged_step", -1), workdir, RunCheckpoints(workdir / "checkpoints").latest_step())
+
+
+def run_single(exp: Experiment, task: Task, workdir: Path, dense_workdir: Path | None) -> dict:
     """One fold (or a single-split dataset): the pipeline of ``exp.algorithm``; returns its summary."""
     done = _read_summary(workdir)
+    if done is not None:
+        _check_not_diverged(done, workdir)
     if done is not None and not isinstance(exp.algorithm, sp.LTH):
         _log(task, f"{workdir} is complete (summary.json exists); nothing to do")
         return done
     algorithm, keys = exp.algorithm, _keys(exp.seed)
     if dense_workdir is None:
-        dense_workdir = default_dense_workdir(task, workdir, exp.seed, exp.num_epochs, exp.train_steps)
+        dense_workdir = default_dense_workdir(task, workdir, exp.seed, exp.num_epochs, exp.train_steps, exp.optimizer)
     if isinstance(algorithm, sp.LTH):
         return _run_lth(exp, task, workdir, dense_workdir)
     label = {"sparsity_label": sparsity_label(getattr(algorithm, "sparsity", 0.0))}
@@ -167,11 +187,11 @@ def run_single(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path | 
         grads = jax.jit(jax.grad(task.loss))(start, layout.batch(task.snip_batch(exp.seed)), keys["snip"])
     masks = algorithm.init_masks(start, prunable, key=keys["masks"], grads=grads)
     return fit(task, algorithm, workdir, seed=exp.seed, num_epochs=exp.num_epochs,
-               params=sp.apply_masks(start, masks), masks=masks, config=exp.train, report=label,
-               train_steps=exp.train_steps, partitioning=exp.partitioning)
+               params=sp.apply_masks(start, masks), masks=masks, optimizer=exp.optimizer, config=exp.train,
+               report=label, train_steps=exp.train_steps, partitioning=exp.partitioning)
 
 
-def _run_lth(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path) -> dict:
+def _run_lth(exp: Experiment, task: Task, workdir: Path, dense_workdir: Path) -> dict:
     algorithm: sp.LTH = exp.algorithm  # type: ignore[assignment]
     initial, trained, _ = ensure_dense(exp, task, dense_workdir)
     masks = _Layout(exp, task).masks(exp.mask_rules.masks(initial, algorithm.name), initial)
@@ -180,11 +200,14 @@ def _run_lth(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path) -> 
         round_dir = workdir / f"round_{k}"
         target = algorithm.round_sparsity(k)
         summary = _read_summary(round_dir)
+        if summary is not None:
+            _check_not_diverged(summary, round_dir)
         if summary is None:
             masks = algorithm.prune(trained, masks, k)
             _log(task, f"LTH round {k}/{algorithm.num_rounds()}: sparsity {target:.4f}, rewound to the initial weights")
             summary = fit(task, algorithm, round_dir, seed=exp.seed, num_epochs=exp.num_epochs,
-                          params=algorithm.start_params(initial, trained, masks), masks=masks, config=exp.train,
+                          params=algorithm.start_params(initial, trained, masks), masks=masks,
+                          optimizer=exp.optimizer, config=exp.train,
                           target_sparsity=target, train_steps=exp.train_steps, partitioning=exp.partitioning,
                           report={"sparsity_label": sparsity_label(target), "round": k,
                                   "dense_workdir": str(dense_workdir)})
@@ -195,7 +218,7 @@ def _run_lth(exp: Experiment, task: Any, workdir: Path, dense_workdir: Path) -> 
 
 
 def cv_summary(folds: list[dict]) -> dict:
-    """``summary.json`` keys with ``fold: 'all'``, ``reported`` and ``best``/``final`` metrics
+    """``summary.json`` keys with ``fold: 'all'``, ``reported`` and the ``selected``/``best``/``final`` metrics
     micro-averaged over ``num_eval`` (SPEC §1.2), integer counts (``value_correct``...) and ``num_eval``
     summed, ``train_steps_per_s`` = all steps over all training time, and the fold summaries under ``folds``."""
     n = sum(f["num_eval"] for f in folds)
@@ -214,8 +237,8 @@ def cv_summary(folds: list[dict]) -> dict:
     per_leaf = {k: sum(f["per_leaf_sparsity"][k] for f in folds) / len(folds) for k in first["per_leaf_sparsity"]}
     return {**first, "fold": "all", "num_eval": n,
             "reported": sum(f["reported"] * f["num_eval"] for f in folds) / n,
-            "best": average("best"), "final": average("final"),
-            "best_step": None, "actual_sparsity": sum(f["actual_sparsity"] for f in folds) / len(folds),
+            **{key: average(key) for key in ("selected", "best", "final") if first.get(key) is not None},
+            "selected_step": None, "best_step": None, "actual_sparsity": sum(f["actual_sparsity"] for f in folds) / len(folds),
             "wall_time_s": sum(f["wall_time_s"] for f in folds), **rates, "per_leaf_sparsity": per_leaf,
             "folds": folds}
 

@@ -1,11 +1,10 @@
 """The arithmetic-reasoning task as the training engine sees it: GTS(S) on MAWPS, ASDiv-A or SVAMP.
 
 :class:`ArithmeticTask` loads one train/dev pair (one fold of a cross-validated dataset), builds the
-vocabularies and the GTS model, and gives the engine what it needs: initial params, the shuffled padded
-batches of each epoch, the loss, the optimizer of SPEC §1.2 (Adam with L2 added to the gradients, the
-embedding in its own group at ``emb_lr``, ``StepLR`` per epoch), and the beam-search evaluation scored
-with the SVAMP rules (value and equation accuracy). Data and scoring live in
-:mod:`smc_jax.tasks.arithmetic`, the network in :mod:`smc_jax.models.gts`.
+vocabularies and the GTS model, and gives the engine what :class:`smc_jax.tasks.base.Task` asks: initial
+params, the shuffled padded batches of each epoch, the loss, the ``embedding`` parameter group of SPEC §1.2's
+optimizer, and the beam-search evaluation scored with the SVAMP rules (value and equation accuracy). Data and
+scoring live in :mod:`smc_jax.tasks.arithmetic.data`, the network in :mod:`smc_jax.models.gts`.
 
 Batches are padded to bucket lengths (inputs, targets) and to a fixed batch size, so the train step
 compiles once per bucket pair; padded rows have target length 0 and weigh nothing in the loss.
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,22 +22,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from smc_jax.models.gts import GTS, make_loss
 from smc_jax.models.tree_schedule import batch_schedule, example_schedule
 from smc_jax.tasks.arithmetic import data
+from smc_jax.tasks.base import EvalChunk, TaskBase
+from smc_jax.tasks.batching import bucket_length, check_settings, eval_chunks, load_fast_tokenizer
 
 PyTree = Any
-
-
-def bucket(n: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket ``>= n``; past the last bucket, ``n`` rounded up to a multiple of it."""
-    for b in sorted(buckets):
-        if n <= b:
-            return int(b)
-    last = int(max(buckets))
-    return -(-n // last) * last
 
 
 def unk_candidates(example: data.Encoded, unk_id: int, num_generate: int, length: int, slots: int) -> np.ndarray:
@@ -89,26 +81,23 @@ def make_batch(examples: Sequence[data.Encoded], vocab: data.Vocab, batch_size: 
     }
 
 
-def _path_group(path: tuple, embedding_keys: Sequence[str]) -> str:
-    return "embedding" if getattr(path[0], "key", None) in embedding_keys else "model"
-
-
 @dataclasses.dataclass
-class ArithmeticTask:
+class ArithmeticTask(TaskBase):
     """GTS on one arithmetic dataset (and fold). Every field is a gin knob (``ArithmeticTask.NAME``).
 
     - ``dataset``: ``mawps`` | ``asdiv`` | ``svamp``; ``fold``: 0–4 for the cross-validated two, ``None``
-      for ``svamp`` (``'all'`` is expanded by the engine); ``data_dir``: see ``resolve_data_dir``.
+      for ``svamp`` (``'all'`` is expanded by the engine); ``data_dir``: ``None`` = ``$SMC_DATA_DIR/arithmetic``,
+      else the data shipped in the package (``resolve_data_dir``).
     - ``pretrained``: ``None`` = learned embeddings (GTS(S)); a BERT/RoBERTa hub id or local checkpoint
       directory (the paper: ``roberta-base``) = that encoder's last hidden state feeds the LSTM (SPEC §1.2:
       the words joined with spaces, tokenised with the checkpoint's tokenizer, ``<s> … </s>``), trained in
-      the embedding group at ``emb_lr``; ``number_positions``: ``'aligned'`` (each number's first sub-token)
+      the ``embedding`` parameter group; ``number_positions``: ``'aligned'`` (each number's first sub-token)
       or ``'original'`` (the word indices used on the sub-token sequence, SPEC Q-A3).
     - ``batch_size`` (SPEC: 4 for CV datasets, 8 for SVAMP), ``max_train_examples`` /
       ``max_eval_examples`` (first N rows; ``None`` = all).
     - model: ``hidden`` 512, ``embedding_size`` 768, ``num_layers`` 2, ``dropout`` 0.5.
-    - optimizer: ``lr`` 1e-3, ``emb_lr`` 8e-6 (embedding group), ``weight_decay`` 1e-5 (Adam L2, added to
-      the gradient), ``lr_step_epochs`` 20 and ``lr_gamma`` 0.5 (``StepLR`` per epoch).
+    - the optimizer is ``Optimizer.*`` (gin/tasks/arithmetic.gin: SPEC §1.2's Adam with L2, StepLR per epoch);
+      the parameter group ``embedding`` is the learned embedding or the pretrained encoder.
     - decoding: ``beam_size`` 5, ``max_output_length`` 45, ``eval_batch_size`` problems per jitted call.
     - ``show_train_accuracy``: also decode the training set after every epoch (the original always does;
       off by default).
@@ -128,11 +117,6 @@ class ArithmeticTask:
     embedding_size: int = 768
     num_layers: int = 2
     dropout: float = 0.5
-    lr: float = 1e-3
-    emb_lr: float = 8e-6
-    weight_decay: float = 1e-5
-    lr_step_epochs: int = 20
-    lr_gamma: float = 0.5
     beam_size: int = 5
     max_output_length: int = 45
     eval_batch_size: int = 128
@@ -140,6 +124,7 @@ class ArithmeticTask:
     target_buckets: tuple[int, ...] = (5, 7, 9, 16, 32, 48)
     show_train_accuracy: bool = False
 
+    family = "arithmetic"
     model_name = "gts"
     metric = "value_accuracy"
     metrics = ("value_accuracy", "equation_accuracy")
@@ -148,16 +133,9 @@ class ArithmeticTask:
         if self.number_positions not in data.NUMBER_POSITIONS:
             raise ValueError(f"ArithmeticTask.number_positions must be one of {data.NUMBER_POSITIONS}, "
                              f"got {self.number_positions!r}")
-        for field in ("batch_size", "hidden", "embedding_size", "num_layers", "beam_size", "max_output_length",
-                      "eval_batch_size", "lr_step_epochs"):
-            if int(getattr(self, field)) < 1:
-                raise ValueError(f"ArithmeticTask.{field} must be >= 1, got {getattr(self, field)}")
-        for field in ("max_train_examples", "max_eval_examples"):
-            value = getattr(self, field)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{field.upper()} must be None or >= 1, got {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ArithmeticTask.dropout must be in [0, 1), got {self.dropout}")
+        check_settings(self, positive=("batch_size", "hidden", "embedding_size", "num_layers", "beam_size",
+                                       "max_output_length", "eval_batch_size"),
+                       optional_positive=("max_train_examples", "max_eval_examples"), fractions=("dropout",))
         root = data.resolve_data_dir(self.data_dir, self.dataset)
         train = data.load_problems(data.split_path(root, self.dataset, self.fold, "train"))
         dev = data.load_problems(data.split_path(root, self.dataset, self.fold, "dev"))
@@ -182,17 +160,12 @@ class ArithmeticTask:
         self.tokenizer, self.pretrained_params, self.pretrained_name = None, None, "roberta"
         if self.pretrained is None:
             return None, 0
-        from transformers import AutoTokenizer
-
         from smc_jax.models import hf
 
         directory = hf.resolve_checkpoint_dir(self.pretrained)
         encoder, self.pretrained_params = hf.from_pretrained(str(directory))
         self.pretrained_name = hf.read_config(directory)["model_type"]
-        self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ValueError(f"PRETRAINED={self.pretrained!r}: its tokenizer is not a fast tokenizer (number "
-                             "positions need character offsets); add its tokenizer.json")
+        self.tokenizer = load_fast_tokenizer(directory, self.pretrained, "number positions need character offsets")
         return encoder, int(self.tokenizer.pad_token_id or 0)
 
     # ------------------------------------------------------------------ what the engine reads
@@ -202,16 +175,13 @@ class ArithmeticTask:
         return data.NUM_FOLDS if data.DATASETS[dataset][1] else None
 
     @property
-    def name(self) -> str:
-        return self.dataset
-
-    @property
     def num_eval(self) -> int:
         return len(self.dev)
 
     @property
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.train) // self.batch_size)
+    def param_groups(self) -> dict[str, str]:
+        """``embedding``: the learned embedding or the pretrained encoder (SPEC §1.2's second Adam group)."""
+        return {"embedding": f"(embedding|{re.escape(self.pretrained_name)})/.*"}
 
     def config(self) -> dict[str, Any]:
         """The settings that decide a dense run's result (the dense-workdir hash reads them)."""
@@ -226,28 +196,22 @@ class ArithmeticTask:
                 f"{len(self.vocab.output_words)} output tokens")
 
     # ------------------------------------------------------------------ batches
-    def _batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+    def make_train_batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         examples = [self.train[i] for i in indices]
-        target_length = bucket(max(len(e.target_ids) for e in examples), self.target_buckets)
+        target_length = bucket_length(max(len(e.target_ids) for e in examples), self.target_buckets)
         # a prefix expression of length T closes at most (T - 1) // 2 sub-trees with one number
         depth = max(1, min(self.merge_depth, (target_length - 1) // 2))
         return make_batch(examples, self.vocab, self.batch_size,
-                          bucket(max(len(e.input_ids) for e in examples), self.input_buckets), target_length, depth,
-                          self.pad_id)
+                          bucket_length(max(len(e.input_ids) for e in examples), self.input_buckets), target_length,
+                          depth, self.pad_id)
 
-    def train_batches(self, seed: int, epoch: int) -> list[dict[str, np.ndarray]]:
-        """The padded batches of epoch ``epoch``, in order (SPEC §1.2 step 6; same for a resumed run)."""
-        lengths = [len(e.input_ids) for e in self.train]
-        return [self._batch(b) for b in data.epoch_batches(len(self.train), self.batch_size, seed, epoch, lengths)]
-
-    def snip_batch(self, seed: int) -> dict[str, np.ndarray]:
-        """SNIP's batch: the first batch of a separately shuffled batch list (SPEC §2.5)."""
-        lengths = [len(e.input_ids) for e in self.train]
-        return self._batch(data.epoch_batches(len(self.train), self.batch_size, seed, 2**31 - 1, lengths)[0])
+    def epoch_order(self, seed: int, epoch: int) -> list[list[int]]:
+        """SPEC §1.2 step 6: the original's shuffled batching (the same for a resumed run)."""
+        return data.epoch_batches(len(self.train), self.batch_size, seed, epoch, [len(e.input_ids) for e in self.train])
 
     # ------------------------------------------------------------------ model
     def init_params(self, key: jax.Array) -> PyTree:
-        batch = self._batch(range(min(self.batch_size, len(self.train))))
+        batch = self.make_train_batch(range(min(self.batch_size, len(self.train))))
         params = nn.meta.unbox(self.model.init(key, jax.tree.map(jnp.asarray, batch)))["params"]
         if self.pretrained_params is not None:  # the checkpoint's weights replace the random ones
             name = self.pretrained_name
@@ -257,13 +221,8 @@ class ArithmeticTask:
             params = {**params, name: jax.tree.map(jnp.asarray, self.pretrained_params)}
         return params
 
-    def param_axes(self) -> PyTree:
-        """The logical axis names of every parameter (a ``PartitionSpec`` per leaf, like the params)."""
-        return self._param_axes
-
-    @functools.cached_property
-    def _param_axes(self) -> PyTree:  # traced once per task: every layout of a run asks for it
-        batch = jax.tree.map(jnp.asarray, self._batch(range(min(self.batch_size, len(self.train)))))
+    def _trace_param_axes(self) -> PyTree:
+        batch = jax.tree.map(jnp.asarray, self.make_train_batch(range(min(self.batch_size, len(self.train)))))
         return nn.get_partition_spec(jax.eval_shape(lambda k: self.model.init(k, batch), jax.random.key(0)))["params"]
 
     @functools.cached_property
@@ -275,74 +234,51 @@ class ArithmeticTask:
         weight gradients outside the step loop (:func:`smc_jax.models.gts.make_loss`)."""
         return self._loss(params, batch, key)
 
-    def optimizer(self, steps_per_epoch: int, total_steps: int | None = None) -> optax.GradientTransformation:
-        """Adam with L2 (added to the gradient) in two groups, each with StepLR by epoch (SPEC §1.2);
-        ``total_steps`` (the run's length) does not enter it."""
-
-        def group(lr: float) -> optax.GradientTransformation:
-            def schedule(count):
-                return lr * self.lr_gamma ** ((count // steps_per_epoch) // self.lr_step_epochs)
-
-            return optax.chain(optax.add_decayed_weights(self.weight_decay), optax.scale_by_adam(),
-                               optax.scale_by_learning_rate(schedule))
-
-        def labels(params):
-            keys = ("embedding", self.pretrained_name)
-            return jax.tree_util.tree_map_with_path(lambda path, _: _path_group(path, keys), params)
-
-        return optax.multi_transform({"embedding": group(self.emb_lr), "model": group(self.lr)}, labels)
-
     # ------------------------------------------------------------------ evaluation
-    @functools.cached_property
-    def _decode(self):
-        return jax.jit(functools.partial(self.model.apply, method=GTS.beam_search, beam_size=self.beam_size,
-                                         max_length=self.max_output_length))
+    def _chunks(self, examples: Sequence[data.Encoded]) -> list[EvalChunk]:
+        """``examples`` in chunks of ``eval_batch_size`` rows, all padded to one input length."""
+        length = bucket_length(max(len(e.input_ids) for e in examples), self.input_buckets)
 
-    def _chunks(self, examples: Sequence[data.Encoded]) -> list[tuple[int, dict[str, np.ndarray]]]:
-        """``(count, batch)`` chunks of ``examples``, each padded to ``eval_batch_size`` rows and one length."""
-        size = min(self.eval_batch_size, len(examples))
-        length = bucket(max(len(e.input_ids) for e in examples), self.input_buckets)
-        out = []
-        for start in range(0, len(examples), size):
-            chunk = list(examples[start:start + size])
+        def make(chunk: list[data.Encoded], size: int) -> dict[str, np.ndarray]:
             rows = chunk + [chunk[0]] * (size - len(chunk))
             input_ids = np.full((size, length), self.pad_id, np.int32)
             num_pos = np.zeros((size, self.vocab.copy_nums), np.int32)
             for b, e in enumerate(rows):
                 input_ids[b, : len(e.input_ids)] = e.input_ids
                 num_pos[b, : len(e.num_pos)] = e.num_pos
-            out.append((len(chunk), {
-                "input_ids": input_ids, "lengths": np.array([len(e.input_ids) for e in rows], np.int32),
-                "num_pos": num_pos, "num_count": np.array([len(e.num_pos) for e in rows], np.int32)}))
-        return out
+            return {"input_ids": input_ids, "lengths": np.array([len(e.input_ids) for e in rows], np.int32),
+                    "num_pos": num_pos, "num_count": np.array([len(e.num_pos) for e in rows], np.int32)}
+
+        return eval_chunks(examples, min(self.eval_batch_size, len(examples)), make)
 
     @functools.cached_property
-    def eval_batches(self) -> list[tuple[int, dict[str, np.ndarray]]]:
-        """The dev set's decoding chunks (built once: the dev set never changes)."""
-        return self._chunks(self.dev)
-
-    @functools.cached_property
-    def train_eval_batches(self) -> list[tuple[int, dict[str, np.ndarray]]]:
-        return self._chunks(self.train)
-
-    def predict(self, params: PyTree, chunks: list | None = None) -> list[list[int]]:
-        """Beam-search token ids of every dev problem (or of ``chunks``), one jitted call per chunk, all
-        dispatched before the first result is read."""
-        pending = [(count, self._decode({"params": params}, batch))
-                   for count, batch in (self.eval_batches if chunks is None else chunks)]
-        predictions = []
-        for count, out in pending:
-            tokens, lengths = jax.device_get((out["tokens"], out["length"]))
-            predictions += [list(map(int, tokens[i, : lengths[i]])) for i in range(count)]
-        return predictions
-
-    def evaluate(self, params: PyTree) -> dict[str, float]:
-        """Value and equation accuracy (%) on the dev split, with ``num_eval`` and the correct counts; with
-        ``show_train_accuracy``, also ``train_value_accuracy`` and ``train_equation_accuracy`` (the original
-        decodes the whole training set every epoch; off by default, it costs more than the dev evaluation)."""
-        result = data.accuracy(self.predict(params), self.dev, self.vocab)
+    def _eval_sets(self) -> dict[str, list[EvalChunk]]:
+        sets = {"dev": self._chunks(self.dev)}
         if self.show_train_accuracy:
-            train = data.accuracy(self.predict(params, self.train_eval_batches), self.train, self.vocab)
+            sets["train"] = self._chunks(self.train)
+        return sets
+
+    def eval_sets(self) -> dict[str, list[EvalChunk]]:
+        """``dev`` (and ``train`` with ``show_train_accuracy``: the original decodes the training set every epoch;
+        off by default, it costs more than the dev evaluation). Built once: the sets never change."""
+        return self._eval_sets
+
+    def eval_step(self, params: PyTree, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Beam-search token ids (``tokens``, ``length``) of a chunk."""
+        out = self.model.apply({"params": params}, batch, method=GTS.beam_search, beam_size=self.beam_size,
+                               max_length=self.max_output_length)
+        return {"tokens": out["tokens"], "length": out["length"]}
+
+    @staticmethod
+    def _predictions(outputs: dict[str, np.ndarray]) -> list[list[int]]:
+        return [list(map(int, t[:n])) for t, n in zip(outputs["tokens"], outputs["length"])]
+
+    def compute_metrics(self, outputs: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+        """Value and equation accuracy (%) on the dev split with ``num_eval`` and the correct counts (SVAMP's
+        rules); with ``show_train_accuracy`` also ``train_value_accuracy`` and ``train_equation_accuracy``."""
+        result = data.accuracy(self._predictions(outputs["dev"]), self.dev, self.vocab)
+        if "train" in outputs:
+            train = data.accuracy(self._predictions(outputs["train"]), self.train, self.vocab)
             result.update(train_value_accuracy=train["value_accuracy"],
                           train_equation_accuracy=train["equation_accuracy"])
         return result

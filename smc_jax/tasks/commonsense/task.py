@@ -7,9 +7,8 @@ RoBERTa (or BERT) encoder, faithful to fairseq's RoBERTa recipes (SPEC §1.1).
 - WinoGrande fills the blank with each option, replaces the option's tokens by ``<mask>`` and scores the
   option with the masked-LM head: the mean log-probability of its tokens. Loss −q + α·max(0, c − q + β)
   (q: the correct option, c: the other); correct when q ≥ c.
-- Optimizer: Adam(β₁, β₂, ε) with decoupled weight decay (fairseq's Adam: p ← p − wd·lr·p, on every
-  parameter), learning rate ``polynomial`` (linear warmup, then linear decay to 0 at the last update, as
-  fairseq's ``polynomial_decay`` steps it) or ``fixed`` (RACE).
+- The optimizer is ``Optimizer.*`` (gin/tasks/commonsense.gin): fairseq's Adam(β₁, β₂, ε) with decoupled
+  weight decay on every parameter, ``polynomial_decay`` (CSQA, WinoGrande) or a fixed rate (RACE).
 
 Data and text formats live in :mod:`smc_jax.tasks.commonsense.data`. Batches are padded to bucket lengths
 and to a fixed number of rows (padded rows weigh nothing), so a step compiles once per bucket.
@@ -25,41 +24,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from smc_jax.tasks.base import EvalChunk, TaskBase
+from smc_jax.tasks.batching import bucket_length, check_settings, eval_chunks, load_fast_tokenizer, shuffled_batches
 from smc_jax.tasks.commonsense import data
 
 PyTree = Any
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-SCHEDULES = ("polynomial", "fixed")
-
-
-def bucket(n: int, buckets: Sequence[int], cap: int) -> int:
-    """The smallest bucket ``>= n`` (at most ``cap``)."""
-    for b in sorted(buckets):
-        if n <= b <= cap:
-            return int(b)
-    return int(cap)
-
-
-def polynomial_decay(peak: float, warmup: int, total: int):
-    """fairseq ``polynomial_decay`` (power 1, end lr 0) as an optax schedule of the update count ``t``
-    (0-based): ``peak·max(t, 1)/warmup`` while ``t <= warmup``, then ``peak·(1 − (t − warmup)/(total − warmup))``.
-    (fairseq sets lr = peak/warmup before the first update and recomputes it after each one, so updates 1
-    and 2 both run at peak/warmup.)"""
-
-    def schedule(count):
-        t = jnp.asarray(count, jnp.float32)
-        warm = peak * jnp.maximum(t, 1.0) / max(warmup, 1)
-        decay = peak * jnp.clip(1.0 - (t - warmup) / max(total - warmup, 1), 0.0, 1.0)
-        return jnp.where(t <= warmup, warm, decay) if warmup > 0 else decay
-
-    return schedule
 
 
 @dataclasses.dataclass
-class CommonsenseTask:
+class CommonsenseTask(TaskBase):
     """A commonsense dataset with a pretrained encoder. Every field is a gin knob (``CommonsenseTask.NAME``).
 
     - ``dataset``: ``csqa`` | ``winogrande`` | ``race``; ``data_dir``: the dataset's folder (``None``:
@@ -74,8 +50,6 @@ class CommonsenseTask:
     - ``batch_size``: questions per update (CSQA 16, WinoGrande 32, RACE 8 = 1 × 8 accumulated);
       ``max_length`` (tokens per sequence, ≤ 512), ``max_option_length`` (RACE: question+option part, 128);
       ``max_train_examples`` / ``max_eval_examples`` (first N; ``None`` = all).
-    - optimizer: ``lr`` (peak), ``schedule`` (``polynomial`` | ``fixed``), ``warmup_steps``, ``adam_b1``,
-      ``adam_b2``, ``adam_eps``, ``weight_decay`` (decoupled), ``clip_norm`` (0 = off, as fairseq's 0.0).
     - WinoGrande: ``margin_alpha`` 5.0, ``margin_beta`` 0.4.
     - ``length_buckets``: the lengths a batch is padded to; ``eval_batch_size``: questions per jitted
       evaluation call. ``fold``: always ``None`` (no cross-validation; the engine passes it).
@@ -98,19 +72,13 @@ class CommonsenseTask:
     max_option_length: int = 128
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
-    lr: float = 1e-5
-    schedule: str = "polynomial"
-    warmup_steps: int = 150
-    adam_b1: float = 0.9
-    adam_b2: float = 0.98
-    adam_eps: float = 1e-6
-    weight_decay: float = 0.01
-    clip_norm: float = 0.0
     margin_alpha: float = 5.0
     margin_beta: float = 0.4
     length_buckets: tuple[int, ...] = (32, 48, 64, 96, 128, 192, 256, 384, 512)
     eval_batch_size: int = 32
     fold: int | None = None
+
+    family = "commonsense"
 
     def __post_init__(self):
         if self.fold is not None:
@@ -119,19 +87,9 @@ class CommonsenseTask:
             raise ValueError(f"CommonsenseTask.dataset {self.dataset!r} unknown; choose one of {data.DATASETS}")
         if self.dtype not in DTYPES:
             raise ValueError(f"CommonsenseTask.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"CommonsenseTask.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        for field in ("batch_size", "max_length", "max_option_length", "eval_batch_size"):
-            if int(getattr(self, field)) < 1:
-                raise ValueError(f"CommonsenseTask.{field} must be >= 1, got {getattr(self, field)}")
-        for field in ("max_train_examples", "max_eval_examples"):
-            value = getattr(self, field)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{field.upper()} must be None or >= 1, got {value}")
-        for field in ("dropout", "attention_dropout"):
-            value = getattr(self, field)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"CommonsenseTask.{field} must be None or in [0, 1), got {value}")
+        check_settings(self, positive=("batch_size", "max_length", "max_option_length", "eval_batch_size"),
+                       optional_positive=("max_train_examples", "max_eval_examples"),
+                       fractions=("dropout", "attention_dropout"))
         if not self.pretrained:
             raise ValueError("PRETRAINED must name a RoBERTa/BERT hub id or checkpoint directory "
                              "(the paper: 'roberta-large')")
@@ -142,20 +100,18 @@ class CommonsenseTask:
         self.train = self._encode(load(self.train_split)[: self.max_train_examples])
         if not self.train:
             raise ValueError(f"{self.dataset} {self.train_split} split is empty")
-        self.eval_sets = {"accuracy": self._encode(load(self.eval_split)[: self.max_eval_examples])}
+        self.eval_rows = {"accuracy": self._encode(load(self.eval_split)[: self.max_eval_examples])}
         if self.dataset == "race" and self.test_split is not None:
             for level in self.race_levels:
                 rows = data.load_split("race", self.test_split, self.data_dir, levels=(level,))
-                self.eval_sets[f"{level}_accuracy"] = self._encode(rows[: self.max_eval_examples])
-        for name, rows in self.eval_sets.items():
+                self.eval_rows[f"{level}_accuracy"] = self._encode(rows[: self.max_eval_examples])
+        for name, rows in self.eval_rows.items():
             if not rows or any(r["label"] < 0 for r in rows):
                 raise ValueError(f"{self.dataset} evaluation set {name!r} is empty or unlabelled; "
                                  "evaluate on a labelled split (CommonsenseTask.eval_split='validation')")
 
     # ------------------------------------------------------------------ model and encoding
     def _load_model(self) -> None:
-        from transformers import AutoTokenizer
-
         from smc_jax.models import hf
 
         self.checkpoint_dir = hf.resolve_checkpoint_dir(self.pretrained)
@@ -168,10 +124,7 @@ class CommonsenseTask:
         self.model_name = str(config.get("model_type"))
         head = "masked_lm" if self.dataset == "winogrande" else "multiple_choice"
         self.module = hf.build_module(config, head, DTYPES[self.dtype], remat=bool(self.remat))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.checkpoint_dir))
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ValueError(f"PRETRAINED={self.pretrained!r}: its tokenizer is not a fast tokenizer; add its "
-                             "tokenizer.json")
+        self.tokenizer = load_fast_tokenizer(self.checkpoint_dir, self.pretrained, "option spans need offsets")
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self.mask_id = self.tokenizer.mask_token_id
         if self.dataset == "winogrande" and self.mask_id is None:
@@ -196,32 +149,15 @@ class CommonsenseTask:
         return out
 
     # ------------------------------------------------------------------ what the engine reads
-    @classmethod
-    def folds(cls, dataset: str = "csqa") -> None:
-        """No cross-validation for these datasets (``FOLD`` does not exist)."""
-        return None
-
-    @property
-    def name(self) -> str:
-        return self.dataset
-
-    @property
-    def metric(self) -> str:
-        return "accuracy"
-
     @property
     def metrics(self) -> tuple[str, ...]:
-        if self.dataset == "race" and len(self.eval_sets) > 1:
-            return tuple(k for k in self.eval_sets if k != "accuracy")
+        if self.dataset == "race" and len(self.eval_rows) > 1:
+            return tuple(k for k in self.eval_rows if k != "accuracy")
         return ("accuracy",)
 
     @property
     def num_eval(self) -> int:
-        return len(self.eval_sets["accuracy"])
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.train) // self.batch_size)
+        return len(self.eval_rows["accuracy"])
 
     def config(self) -> dict[str, Any]:
         """The settings that decide a dense run's result (the dense-workdir hash reads them)."""
@@ -229,7 +165,7 @@ class CommonsenseTask:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
     def describe(self) -> str:
-        evals = ", ".join(f"{k} on {len(v)}" for k, v in self.eval_sets.items())
+        evals = ", ".join(f"{k} on {len(v)}" for k, v in self.eval_rows.items())
         return (f"{self.dataset}: {len(self.train)} train ({self.train_split}), {evals}; {self.model_name} "
                 f"{self.pretrained!r}, {self.dtype}")
 
@@ -242,7 +178,7 @@ class CommonsenseTask:
             raise ValueError(f"a batch holds 1..{rows} examples, got {len(examples)}")
         num_choices = len(examples[0]["choices"])
         longest = max(len(ids) for e in examples for ids, _ in e["choices"])
-        length = bucket(longest, self.length_buckets, self.max_length)
+        length = bucket_length(longest, self.length_buckets, self.max_length)
         ids = np.full((rows, num_choices, length), self.pad_id, np.int32)
         mask = np.zeros((rows, num_choices, length), np.int32)
         extra = np.zeros((rows, num_choices, length), np.int32)
@@ -262,20 +198,14 @@ class CommonsenseTask:
         key = "span" if self.dataset == "winogrande" else "token_type_ids"
         return {"input_ids": ids, "attention_mask": mask, key: extra, "labels": labels, "weights": weights}
 
-    def _order(self, seed: int, epoch: int) -> list[list[int]]:
-        order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(self.train))
-        return [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+    def epoch_order(self, seed: int, epoch: int) -> list[list[int]]:
+        """A fresh shuffle per (seed, epoch), ``batch_size`` questions a batch (the last one padded). SNIP's batch
+        is the first of a separate shuffle (fairseq consumes epoch 1's first batch, Q-C9; here every batch is
+        still trained on)."""
+        return shuffled_batches(len(self.train), self.batch_size, seed, epoch)
 
-    def train_batches(self, seed: int, epoch: int) -> list[dict[str, np.ndarray]]:
-        """The batches of epoch ``epoch``: a fresh shuffle per (seed, epoch), ``batch_size`` questions each
-        (the last one padded); the same for a resumed run."""
-        return [self.make_batch([self.train[i] for i in b], self.batch_size) for b in self._order(seed, epoch)]
-
-    def snip_batch(self, seed: int) -> dict[str, np.ndarray]:
-        """SNIP's batch: the first batch of a separate shuffle (fairseq consumes epoch 1's first batch, Q-C9;
-        here every batch is still trained on)."""
-        first = self._order(seed, 2**31 - 1)[0]
-        return self.make_batch([self.train[i] for i in first], self.batch_size)
+    def make_train_batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        return self.make_batch([self.train[i] for i in indices], self.batch_size)
 
     # ------------------------------------------------------------------ model
     def init_params(self, key: jax.Array) -> PyTree:
@@ -286,12 +216,7 @@ class CommonsenseTask:
         params = hf.load_params(self.module, self.checkpoint_dir, config=self.hf_config, seed=seed)
         return jax.tree.map(jnp.asarray, params)
 
-    def param_axes(self) -> PyTree:
-        """The logical axis names of every parameter (a ``PartitionSpec`` per leaf, like the params)."""
-        return self._param_axes
-
-    @functools.cached_property
-    def _param_axes(self) -> PyTree:  # traced once per task: every layout of a run asks for it
+    def _trace_param_axes(self) -> PyTree:
         import flax.linen as nn
 
         from smc_jax.models import hf
@@ -330,47 +255,30 @@ class CommonsenseTask:
             per_row = -jnp.take_along_axis(lprobs, batch["labels"][:, None], axis=-1)[:, 0]
         return (per_row * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
-    def optimizer(self, steps_per_epoch: int, total_steps: int | None = None) -> optax.GradientTransformation:
-        """fairseq's Adam with decoupled weight decay on every parameter, the lr schedule of the recipe, and
-        gradient-norm clipping when ``clip_norm`` > 0."""
-        total = int(total_steps or steps_per_epoch)
-        lr = (polynomial_decay(self.lr, int(self.warmup_steps), total) if self.schedule == "polynomial"
-              else self.lr)
-        adam = optax.adamw(lr, b1=self.adam_b1, b2=self.adam_b2, eps=self.adam_eps, weight_decay=self.weight_decay)
-        return optax.chain(optax.clip_by_global_norm(self.clip_norm), adam) if self.clip_norm > 0 else adam
-
     # ------------------------------------------------------------------ evaluation
     @functools.cached_property
-    def _predict(self):
-        def correct(params, batch):
-            scores = self._scores(params, batch, None)
-            if self.dataset == "winogrande":
-                return scores[:, 0] >= scores[:, 1]
-            return jnp.argmax(scores, axis=-1) == batch["labels"]
-
-        return jax.jit(correct)
-
-    @functools.cached_property
-    def _eval_chunks(self) -> dict[str, list[tuple[int, dict[str, np.ndarray]]]]:
-        """Per evaluation set, ``(count, batch)`` chunks sorted by length (less padding), built once."""
+    def _eval_sets(self) -> dict[str, list[EvalChunk]]:
         out = {}
-        for name, rows in self.eval_sets.items():
+        for name, rows in self.eval_rows.items():
             order = sorted(range(len(rows)), key=lambda i: max(len(ids) for ids, _ in rows[i]["choices"]))
-            chunks = []
-            for start in range(0, len(order), self.eval_batch_size):
-                part = [rows[i] for i in order[start:start + self.eval_batch_size]]
-                chunks.append((len(part), self.make_batch(part, self.eval_batch_size)))
-            out[name] = chunks
+            out[name] = eval_chunks(rows, self.eval_batch_size, self.make_batch, order=order)
         return out
 
-    def evaluate(self, params: PyTree) -> dict[str, float]:
-        """Accuracy (%) on each evaluation set (``accuracy``: ``eval_split``; RACE also ``middle_accuracy`` /
-        ``high_accuracy`` on ``test_split``), with ``num_eval``; every call dispatched before any is read."""
-        pending = {name: [(n, self._predict(params, batch)) for n, batch in chunks]
-                   for name, chunks in self._eval_chunks.items()}
-        result: dict[str, float] = {}
-        for name, parts in pending.items():
-            right = sum(int(np.asarray(jax.device_get(hits))[:n].sum()) for n, hits in parts)
-            result[name] = 100.0 * right / len(self.eval_sets[name])
+    def eval_sets(self) -> dict[str, list[EvalChunk]]:
+        """Per evaluation set (``accuracy``: ``eval_split``; RACE also ``middle_accuracy`` / ``high_accuracy`` on
+        ``test_split``), chunks sorted by length (less padding), built once."""
+        return self._eval_sets
+
+    def eval_step(self, params: PyTree, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """``correct`` per question: the argmax choice is the label (WinoGrande: the query scores >= the other)."""
+        scores = self._scores(params, batch, None)
+        if self.dataset == "winogrande":
+            return {"correct": scores[:, 0] >= scores[:, 1]}
+        return {"correct": jnp.argmax(scores, axis=-1) == batch["labels"]}
+
+    def compute_metrics(self, outputs: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+        """Accuracy (%) on each evaluation set, with ``num_eval``."""
+        result: dict[str, float] = {name: 100.0 * int(np.sum(outputs[name]["correct"])) / len(rows)
+                                    for name, rows in self.eval_rows.items()}
         result["num_eval"] = self.num_eval
         return result
