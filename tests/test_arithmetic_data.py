@@ -1,4 +1,7 @@
+import hashlib
 import os
+import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -145,26 +148,78 @@ def test_mawps_fold0_vocabulary():
                                   "7.0", "N0", "N1", "N2", "N3", "N4", "N5", "N6", "UNK")
 
 
+def test_packaged_archive_holds_exactly_the_checksummed_files():
+    with tarfile.open(A.PACKAGED_ARCHIVE, "r:xz") as tar:
+        members = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar}
+    assert members == A.SHA256
+    assert (A.PACKAGED_ARCHIVE.parent / "SVAMP_LICENSE").read_text().startswith("MIT License")
+
+
 @needs_data
-def test_data_dir_resolution_and_checksummed_download(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="has no cv_mawps/ folder"):
-        A.resolve_data_dir(tmp_path, "mawps")
+def test_packaged_files_equal_the_shared_copy():
+    with tarfile.open(A.PACKAGED_ARCHIVE, "r:xz") as tar:
+        for member in tar:
+            assert tar.extractfile(member).read() == (ARITHMETIC / member.name).read_bytes(), member.name
+
+
+@pytest.fixture
+def packaged(tmp_path, monkeypatch):
+    """The packaged data extracted into a fresh cache (no $SMC_DATA_DIR)."""
+    monkeypatch.delenv("SMC_DATA_DIR", raising=False)
+    monkeypatch.setenv("SMC_CACHE_DIR", str(tmp_path / "cache"))
+    return A.resolve_data_dir(None, "mawps")
+
+
+@needs_data
+def test_packaged_data_is_the_default_and_loads(packaged, tmp_path):
+    assert packaged.is_relative_to(tmp_path / "cache" / "arithmetic")
+    digest = hashlib.sha256(A.PACKAGED_ARCHIVE.read_bytes()).hexdigest()
+    assert packaged.name == f"svamp_data-{digest[:16]}"  # keyed by the archive: a new one never mixes in
+    assert [p.name for p in packaged.parent.iterdir()] == [packaged.name]  # no temporary folder left behind
+    for split in ("train", "dev"):
+        ours = A.load_problems(A.split_path(packaged, "mawps", 0, split))
+        assert ours == A.load_problems(A.split_path(ARITHMETIC, "mawps", 0, split))
+        assert len(ours) == {"train": 1537, "dev": 384}[split]
+    assert A.resolve_data_dir(None, "svamp") == packaged  # a second call reuses the extraction
+
+
+def test_corrupted_extraction_names_the_folder_to_delete(packaged):
+    path = packaged / "cv_mawps" / "fold0" / "dev.csv"
+    payload = bytearray(path.read_bytes())
+    payload[100] ^= 1
+    path.write_bytes(bytes(payload))
+    with pytest.raises(ValueError) as err:
+        A.resolve_data_dir(None, "mawps")
+    message = str(err.value)
+    assert "\n" not in message and f"in {packaged} is corrupted (cv_mawps/fold0/dev.csv" in message
+    assert "delete that folder" in message
+    shutil.rmtree(packaged)
+    assert A.resolve_data_dir(None, "mawps") == packaged and A._corrupt_file(packaged) is None
+
+
+def test_concurrent_extraction_keeps_the_winner(tmp_path):
+    target = tmp_path / "svamp_data-x"
+    A._extract(A.PACKAGED_ARCHIVE, target)
+    A._extract(A.PACKAGED_ARCHIVE, target)  # lost the race: its rename fails, the first folder stays
+    assert A._corrupt_file(target) is None and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+@needs_data
+def test_smc_data_dir_beats_the_package_and_data_dir_beats_both(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("SMC_DATA_DIR", str(SHARED))
     assert A.resolve_data_dir(None, "mawps") == ARITHMETIC
-    monkeypatch.delenv("SMC_DATA_DIR")
-    monkeypatch.setenv("SMC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SMC_ARITHMETIC_URL", ARITHMETIC.as_uri())  # a local "download": no network in tests
-    root = A.resolve_data_dir(None, "svamp")
-    assert (root / "mawps-asdiv-a_svamp" / "dev.csv").read_bytes() == (ARITHMETIC / "mawps-asdiv-a_svamp" / "dev.csv").read_bytes()
-    tampered = tmp_path / "tampered"
-    for split in ("train", "dev"):
-        (tampered / "mawps-asdiv-a_svamp").mkdir(parents=True, exist_ok=True)
-        (tampered / "mawps-asdiv-a_svamp" / f"{split}.csv").write_text("Question,Numbers,Equation\n")
-    monkeypatch.setenv("SMC_CACHE_DIR", str(tmp_path / "cache2"))
-    monkeypatch.setenv("SMC_ARITHMETIC_URL", tampered.as_uri())
-    with pytest.raises(ValueError, match="does not match its sha256"):
-        A.resolve_data_dir(None, "svamp")
-    assert not (tmp_path / "cache2" / "arithmetic" / "mawps-asdiv-a_svamp" / "dev.csv").exists()
+    own = tmp_path / "own"
+    (own / "cv_mawps" / "fold0").mkdir(parents=True)
+    assert A.resolve_data_dir(own, "mawps") == own
+    assert not (tmp_path / "cache").exists()  # the package was never extracted
+    with pytest.raises(ValueError, match=r"DATA_DIR '.*own' has no mawps-asdiv-a_svamp/ folder for svamp.*laid out"):
+        A.resolve_data_dir(own, "svamp")
+    with pytest.raises(ValueError, match=r"missing data file cv_mawps/fold0/train.csv in .*own; .*laid out like"):
+        A.split_path(own, "mawps", 0, "train")
+    monkeypatch.setenv("SMC_DATA_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match=r"has no cv_mawps/ folder for mawps.*unset \$SMC_DATA_DIR"):
+        A.resolve_data_dir(None, "mawps")
 
 
 def test_bad_dataset_fold_and_split():

@@ -5,6 +5,10 @@ equations with ``number{i}`` → ``N{i}``, constants seen ≥ 5 times (train + d
 output vocabulary ``operators (train order) + generate numbers + N0..N{copy_nums-1} + UNK``, ``num_stack``
 for copy resolution, and the prefix evaluator with its value/equation accuracy rules. The GTS model, its
 loss and decoding live with the model; this module is task data and scoring only.
+
+The MAWPS / ASDiv-A / SVAMP CSVs ship inside the package (``svamp_data.tar.xz``: the SVAMP repository's
+``data/`` files, MIT licence in ``SVAMP_LICENSE``, origin in ``SVAMP_README.md``), so training works offline on a
+fresh machine; :func:`resolve_data_dir` says where the files are read from.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import csv
 import dataclasses
 import functools
 import hashlib
+import lzma
 import operator
 import os
 import re
-import urllib.request
+import shutil
+import tarfile
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,8 +39,10 @@ GENERATE_MIN_COUNT = 5
 DATASETS = {"mawps": ("cv_mawps", True), "asdiv": ("cv_asdiv-a", True), "svamp": ("mawps-asdiv-a_svamp", False)}
 NUM_FOLDS = 5
 
-DOWNLOAD_URL = "https://raw.githubusercontent.com/arkilpatel/SVAMP/main/data"
+PACKAGED_ARCHIVE = Path(__file__).with_name("svamp_data.tar.xz")  # the 22 files of SHA256, packed sorted
 CACHE_DIR = Path.home() / ".cache" / "smc_jax"  # $SMC_CACHE_DIR overrides it
+LAYOUT = ("cv_mawps/fold{0..4}/{train,dev}.csv, cv_asdiv-a/fold{0..4}/{train,dev}.csv, "
+          "mawps-asdiv-a_svamp/{train,dev}.csv")  # what a data root holds (error messages)
 SHA256 = {  # ../shared/data/arithmetic/SOURCE.md: byte-for-byte copies of the SVAMP repository's files
     "cv_asdiv-a/fold0/dev.csv": "0813a90f336147b1229a6d1d133c29f7e585cb27cafd651976bb94449a4b81c0",
     "cv_asdiv-a/fold0/train.csv": "5c711c9150712141bfde68abf5ee4aecb610563325901320aef41e1e5ecf6c84",
@@ -84,47 +93,98 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _download(relative: str, root: Path, base_url: str) -> None:
-    target = root / relative
+def _corrupt_file(root: Path) -> str | None:
+    """The first of the SHA256 files missing under ``root`` or not matching its checksum, else ``None``."""
+    for relative, digest in sorted(SHA256.items()):
+        path = root / relative
+        if not path.is_file() or _sha256(path) != digest:
+            return relative
+    return None
+
+
+def _extract(archive: Path, target: Path) -> None:
+    """Extract the archive's SHA256 files into ``target`` (must not exist) via a temporary sibling folder and
+    one rename, so a reader never sees a partial folder; a concurrent extraction that renamed first wins."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(target.suffix + ".part")
-    with urllib.request.urlopen(f"{base_url}/{relative}", timeout=60) as response:
-        partial.write_bytes(response.read())
-    if _sha256(partial) != SHA256[relative]:
-        partial.unlink()
-        raise ValueError(f"downloaded {relative} does not match its sha256; refusing to use it")
-    partial.replace(target)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        seen = set()
+        with tarfile.open(archive, "r:xz") as tar:
+            for member in tar:
+                if not member.isfile() or member.name not in SHA256 or member.name in seen:
+                    raise ValueError(f"unexpected member {member.name!r}")
+                payload = tar.extractfile(member).read()
+                if hashlib.sha256(payload).hexdigest() != SHA256[member.name]:
+                    raise ValueError(f"{member.name} does not match its sha256")
+                seen.add(member.name)
+                (partial / member.name).parent.mkdir(parents=True, exist_ok=True)
+                (partial / member.name).write_bytes(payload)
+        if seen != set(SHA256):
+            raise ValueError(f"{min(set(SHA256) - seen)} is missing")
+        try:
+            partial.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    except (ValueError, tarfile.TarError, EOFError, lzma.LZMAError) as err:
+        raise ValueError(f"the packaged archive {archive} is damaged ({err}); reinstall smc_jax") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def packaged_data_dir() -> Path:
+    """The packaged data, extracted once into ``$SMC_CACHE_DIR`` (default ``~/.cache/smc_jax``) under
+    ``arithmetic/svamp_data-<archive sha256[:16]>`` (a new archive never mixes with an old extraction) and
+    every file checked against :data:`SHA256` on each call (~10 ms)."""
+    if not PACKAGED_ARCHIVE.is_file():
+        raise ValueError(
+            f"the packaged arithmetic data {PACKAGED_ARCHIVE} is missing (installed without package data?); "
+            "reinstall smc_jax, or set DATA_DIR or $SMC_DATA_DIR to a copy of the data"
+        )
+    digest = _sha256(PACKAGED_ARCHIVE)
+    cache = Path(os.environ.get("SMC_CACHE_DIR") or CACHE_DIR).expanduser()
+    root = cache / "arithmetic" / f"svamp_data-{digest[:16]}"
+    if not root.is_dir():
+        try:
+            _extract(PACKAGED_ARCHIVE, root)
+        except OSError as err:
+            raise ValueError(
+                f"cannot extract the packaged arithmetic data into {root} ({err}); set $SMC_CACHE_DIR to a writable "
+                "folder or DATA_DIR to a copy of the data"
+            ) from None
+    bad = _corrupt_file(root)
+    if bad is not None:
+        raise ValueError(
+            f"the extracted arithmetic data in {root} is corrupted ({bad} is missing or does not match its sha256); "
+            "delete that folder to extract it again from the package"
+        )
+    return root
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None, dataset: str) -> Path:
-    """The arithmetic data root: ``data_dir``, else ``$SMC_DATA_DIR/arithmetic``, else a checksummed
-    download of the SVAMP repository's files into ``~/.cache/smc_jax/arithmetic`` (``$SMC_CACHE_DIR``
-    moves the cache; ``$SMC_ARITHMETIC_URL`` the download source)."""
+    """The arithmetic data root (laid out like ``../shared/data/arithmetic``): ``data_dir``, else
+    ``$SMC_DATA_DIR/arithmetic``, else the data shipped in the package (:func:`packaged_data_dir`). The
+    packaged files are extracted rather than read out of the archive so that every source is a plain folder
+    and :func:`split_path` / :func:`load_problems` need not know where the files came from. A user's own
+    folder is not checksummed (it may hold other data in the same format); the packaged copy always is."""
     folder, _ = _dataset(dataset)
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if not (root / folder).is_dir():
             raise ValueError(
                 f"DATA_DIR {str(root)!r} has no {folder}/ folder for {dataset}; point DATA_DIR at a folder laid out "
-                "like ../shared/data/arithmetic (or unset it to use $SMC_DATA_DIR or the download)"
+                f"like ../shared/data/arithmetic ({LAYOUT}), or unset it to use $SMC_DATA_DIR or the packaged data"
             )
         return root
     if os.environ.get("SMC_DATA_DIR"):
         root = Path(os.environ["SMC_DATA_DIR"]).expanduser() / "arithmetic"
         if not (root / folder).is_dir():
-            raise ValueError(f"$SMC_DATA_DIR/arithmetic ({root}) has no {folder}/ folder for {dataset}")
+            raise ValueError(
+                f"$SMC_DATA_DIR/arithmetic ({root}) has no {folder}/ folder for {dataset}; lay it out like "
+                f"../shared/data/arithmetic ({LAYOUT}), or unset $SMC_DATA_DIR to use the packaged data"
+            )
         return root
-    root = Path(os.environ.get("SMC_CACHE_DIR", CACHE_DIR)) / "arithmetic"
-    base_url = os.environ.get("SMC_ARITHMETIC_URL", DOWNLOAD_URL)
-    for relative in sorted(SHA256):
-        if relative.startswith(folder + "/") and not (root / relative).is_file():
-            try:
-                _download(relative, root, base_url)
-            except OSError as err:
-                raise ValueError(
-                    f"cannot download {relative} from {base_url} ({err}); set DATA_DIR to a local copy"
-                ) from None
-    return root
+    return packaged_data_dir()
 
 
 def _dataset(name: str) -> tuple[str, bool]:
@@ -147,7 +207,10 @@ def split_path(root: Path, dataset: str, fold: int | None, split: str) -> Path:
             raise ValueError(f"{dataset} has a single split: leave FOLD unset (got {fold!r})")
         path = root / folder / f"{split}.csv"
     if not path.is_file():
-        raise ValueError(f"missing data file {path}")
+        raise ValueError(
+            f"missing data file {path.relative_to(root)} in {root}; the data root must be laid out like "
+            f"../shared/data/arithmetic ({LAYOUT})"
+        )
     return path
 
 
