@@ -14,12 +14,8 @@ settings.register_profile("explore", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-import importlib.util  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 # the eleven algorithm names (DESIGN.md's order) and the keys every summary.json must have
 ALGORITHMS = ["dense", "lth", "omp_after", "random_after", "gmp", "omp_before", "random_before", "snip", "rigl",
               "snip_rigl", "omp_rigl"]
@@ -29,23 +25,14 @@ SUMMARY_KEYS = {"task", "model", "pretrained", "algorithm", "label", "seed", "fo
                 "num_prunable", "per_leaf_sparsity"}
 
 
-def load_script(name: str):
-    """``scripts/<name>.py`` as a module (registered in ``sys.modules``, so its dataclasses resolve)."""
-    import sys
-
-    spec = importlib.util.spec_from_file_location(f"smc_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def train_main(tmp_path_factory):
-    """``scripts/train.py``'s ``main`` run in this process, with a persistent compilation cache."""
+    """``smc_jax.cli.train.main`` run in this process, with a persistent compilation cache."""
     import jax
 
     cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    return load_script("train").main
+    from smc_jax.cli.train import main
+
+    return main

@@ -1,10 +1,10 @@
-"""scripts/report.py on synthetic ``summary.json`` trees: table means ± std over seeds, CV folds
-micro-averaged by ``num_eval``, LTH rounds counted once (not the top-level copy), blanks for missing runs,
-the actual-sparsity flag, the CSV, the figures (inspected as matplotlib objects) and ``--layers``.
-No training; runs in a few seconds."""
+"""The report command (smc_jax.cli.report, report_tables, report_plots) on synthetic ``summary.json`` trees:
+table means ± std over seeds of ``selected[metric]`` (``best`` for older summaries), CV folds micro-averaged by
+``num_eval``, LTH rounds counted once (not the top-level copy), blanks for missing runs, diverged runs marked
+and never averaged or plotted, the actual-sparsity flag, the CSV, the figures (inspected as matplotlib
+objects) and ``--layers``. No training; runs in a few seconds."""
 
 import csv
-import importlib.util
 import json
 import math
 import subprocess
@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from smc_jax.cli import report, report_plots, report_tables
+
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("smc_report", REPO / "scripts" / "report.py")
-report = importlib.util.module_from_spec(spec)
-sys.modules["smc_report"] = report
-spec.loader.exec_module(report)
 
 FOLD_SIZES = {0: 300, 1: 100}  # MAWPS-like folds of unequal size
 LABEL = {"dense": "Dense", "lth": "LTH (After)", "gmp": "GMP (During)", "snip": "SNIP (Before)", "rigl": "Random+RigL"}
@@ -25,19 +23,29 @@ LEAVES = ["encoder/lstm_l0_fwd/weight_ih", "encoder/lstm_l0_fwd/weight_hh", "dec
 
 
 def summary(algorithm: str, sparsity: float, seed: int, fold, value: float, *, task="mawps", model="gts",
-            pretrained=None, actual=None, per_leaf=None, **extra) -> dict:
-    """A summary.json as train.py writes it (value accuracy = ``value``, equation accuracy = value − 2)."""
+            pretrained=None, actual=None, per_leaf=None, old=False, **extra) -> dict:
+    """A summary.json as train writes it: the selected evaluation has value accuracy ``value`` and equation
+    accuracy value − 2; the best evaluation is 1 higher (a selection other than the best). ``old``: a summary
+    from before ``selected`` existed, its cells read from ``best`` (= the values)."""
     metric, metrics = ("value_accuracy", ["value_accuracy", "equation_accuracy"]) if task == "mawps" else \
         ("accuracy", ["accuracy"])
     n = FOLD_SIZES[fold] if fold is not None else 1221
-    best = {m: value - 2.0 * i for i, m in enumerate(metrics)} | {"num_eval": n}
+    selected = {m: value - 2.0 * i for i, m in enumerate(metrics)} | {"num_eval": n}
+    chosen = {} if old else {"selection": "best_after_window", "selected_step": 8, "selected": selected}
+    best = selected if old else {m: v + 1.0 for m, v in selected.items()}
     return {"task": task, "model": model, "pretrained": pretrained, "algorithm": algorithm,
             "label": LABEL[algorithm], "seed": seed, "fold": fold, "target_sparsity": sparsity,
             "sparsity_label": sparsity, "scheduled_sparsity": sparsity,
             "actual_sparsity": sparsity if actual is None else actual, "metric": metric, "metrics": metrics,
-            "reported": value, "final": best, "best": best, "best_step": 10, "num_eval": n, "steps": 20,
-            "epochs": 1, "wall_time_s": 12.5, "train_steps_per_s": 1.6, "num_params": 1000, "num_prunable": 900,
-            "per_leaf_sparsity": per_leaf or {leaf: sparsity for leaf in LEAVES}, **extra}
+            "reported": value, **chosen, "final": selected, "best": best, "best_step": 10, "num_eval": n,
+            "steps": 20, "epochs": 1, "wall_time_s": 12.5, "train_steps_per_s": 1.6, "num_params": 1000,
+            "num_prunable": 900, "per_leaf_sparsity": per_leaf or {leaf: sparsity for leaf in LEAVES}, **extra}
+
+
+def diverged(summary_: dict, step: int) -> dict:
+    """``summary_`` as a run that diverged at ``step`` writes it: nothing reported, nothing selected."""
+    return summary_ | {"diverged": True, "diverged_step": step, "reported": None, "selected": None,
+                       "selected_step": None}
 
 
 def write(path: Path, content: dict) -> Path:
@@ -56,12 +64,16 @@ CV_RUNS = {
     ("rigl", 0.36, 2): (60.0, 20.0),    # 50      -> 50.00 ± 0.00
     ("gmp", 0.2, 1): (76.0, 76.0),      # 76, one seed; gmp at 0.36 is missing
 }
+# the CV runs (one summary per fold), LTH's two rounds per fold, a SNIP run per fold, two CSQA runs
+NUM_RUNS = len(CV_RUNS) * len(FOLD_SIZES) + 2 * len(FOLD_SIZES) + len(FOLD_SIZES) + 2
+STEMS = ["csqa_roberta_roberta-large_accuracy", "mawps_gts_equation_accuracy", "mawps_gts_value_accuracy"]
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """runs/: a MAWPS-like CV sweep, an LTH run with two rounds and a top-level copy, a flagged SNIP run,
-    a cv_summary.json that must not be read, and a single-split CSQA setting."""
+    a cv_summary.json that must not be read, and a single-split CSQA setting of summaries written before
+    ``selected`` existed."""
     root = tmp_path_factory.mktemp("runs")
     for (algorithm, sparsity, seed), values in CV_RUNS.items():
         for fold, value in zip(FOLD_SIZES, values):
@@ -75,8 +87,10 @@ def tree(tmp_path_factory) -> Path:
         write(root / f"mawps_snip_s0.2_seed1_fold{fold}", summary("snip", 0.2, 1, fold, 30.0, actual=0.25))
     (root / "mawps_dense_all").mkdir()
     (root / "mawps_dense_all" / "cv_summary.json").write_text(json.dumps(summary("dense", 0.0, 1, 0, 555.0) | {"fold": "all"}))
-    write(root / "csqa" / "dense", summary("dense", 0.0, 0, None, 0.6, task="csqa", model="roberta", pretrained="roberta-large"))
-    write(root / "csqa" / "rigl", summary("rigl", 0.5, 0, None, 0.45, task="csqa", model="roberta", pretrained="roberta-large"))
+    write(root / "csqa" / "dense", summary("dense", 0.0, 0, None, 0.6, task="csqa", model="roberta", pretrained="roberta-large",
+                                               old=True))
+    write(root / "csqa" / "rigl", summary("rigl", 0.5, 0, None, 0.45, task="csqa", model="roberta", pretrained="roberta-large",
+                                              old=True))
     return root
 
 
@@ -95,7 +109,7 @@ def table(result, task="mawps", metric="value_accuracy"):
 def test_gathers_each_run_once(built):
     result, _ = built
     paths = [s["path"] for s in result["summaries"]]
-    assert len(paths) == 14 + 4 + 2 + 2  # CV runs × 2 folds, LTH 2 rounds × 2 folds, snip, csqa
+    assert len(paths) == NUM_RUNS
     lth = [p for p in paths if "mawps_lth" in p]
     assert len(lth) == 4 and all(Path(p).parent.name.startswith("round_") for p in lth)
     assert not any("cv_summary" in p for p in paths)
@@ -108,24 +122,24 @@ def test_table_means_std_and_micro_average(built):
     rigl = t.value("rigl", 0.2)
     assert rigl.n == 2 and rigl.mean == pytest.approx(72.0) and rigl.std == pytest.approx(math.sqrt(8))
     assert t.value("rigl", 0.36).mean == pytest.approx(50.0) and t.value("rigl", 0.36).std == pytest.approx(0.0)
-    assert t.value("gmp", 0.2) == report.Cell(76.0, None, 1)
+    assert t.value("gmp", 0.2) == report_tables.Cell(76.0, None, 1)
     assert t.dense.mean == pytest.approx(86.0) and t.dense.std == pytest.approx(math.sqrt(2))
     assert t.value("dense", 0.36) == t.dense  # dense is repeated in every column
     eq = table(built[0], metric="equation_accuracy")
     assert eq.value("rigl", 0.2).mean == pytest.approx(70.0)
     folds = [summary("rigl", 0.2, 1, 0, 80.0), summary("rigl", 0.2, 1, 1, 40.0)]
-    assert report.micro_average(folds, "value_accuracy") == pytest.approx((80 * 300 + 40 * 100) / 400)
+    assert report_tables.micro_average(folds, "value_accuracy") == pytest.approx((80 * 300 + 40 * 100) / 400)
 
 
 def test_lth_rounds_counted_once(built):
     t = table(built[0])
-    assert t.value("lth", 0.2) == report.Cell(70.0, None, 1)
-    assert t.value("lth", 0.36) == report.Cell(60.0, None, 1)  # not the top-level copy (999), not n=2
+    assert t.value("lth", 0.2) == report_tables.Cell(70.0, None, 1)
+    assert t.value("lth", 0.36) == report_tables.Cell(60.0, None, 1)  # not the top-level copy (999), not n=2
 
 
 def test_markdown_blanks_and_labels(built):
     result, out = built
-    md = report.table_markdown(table(result))
+    md = report_tables.table_markdown(table(result))
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Algorithm")}
     assert rows == {
@@ -138,7 +152,7 @@ def test_markdown_blanks_and_labels(built):
     assert "| Algorithm | 0.2 | 0.36 |" in md
     text = (out / "report.md").read_text()
     assert md in text and "### csqa / roberta (roberta-large) / accuracy" in text
-    assert "| Random+RigL | 0.4500 |" in text  # fractions get 4 decimals
+    assert "| Random+RigL | 0.4500 |" in text  # fractions get 4 decimals; best[metric] without selected
     assert "999" not in text and "555" not in text
 
 
@@ -154,21 +168,28 @@ def test_sparsity_flag(built, tree, tmp_path, capsys):
 def test_csv_rows(built):
     _, out = built
     rows = list(csv.DictReader((out / "runs.csv").open()))
-    assert len(rows) == 22
+    assert len(rows) == NUM_RUNS
     assert {"task", "algorithm", "seed", "fold", "target_sparsity", "actual_sparsity", "sparsity_miss", "reported",
-            "best.value_accuracy", "best.equation_accuracy", "best.accuracy", "wall_time_s", "path"} <= set(rows[0])
+            "selection", "selected_step", "selected.value_accuracy", "selected.equation_accuracy",
+            "best.value_accuracy", "best.equation_accuracy", "best.accuracy", "diverged", "wall_time_s",
+            "path"} <= set(rows[0])
     assert {r["algorithm"] for r in rows if r["sparsity_miss"] == "True"} == {"snip"}
+    assert {r["diverged"] for r in rows} == {"False"}
     rigl = [r for r in rows if r["algorithm"] == "rigl" and r["sparsity_label"] == "0.2" and r["seed"] == "1"]
-    assert sorted((r["fold"], float(r["best.value_accuracy"])) for r in rigl) == [("0", 80.0), ("1", 40.0)]
+    assert sorted((r["fold"], float(r["selected.value_accuracy"]), float(r["best.value_accuracy"])) for r in rigl) \
+        == [("0", 80.0, 81.0), ("1", 40.0, 41.0)]
+    assert {(r["selection"], r["selected_step"]) for r in rigl} == {("best_after_window", "8")}
     assert all(r["label"] == "Random+RigL" for r in rigl)
     lth = [r for r in rows if r["algorithm"] == "lth"]
     assert sorted(r["round"] for r in lth) == ["1", "1", "2", "2"]
     csqa = [r for r in rows if r["task"] == "csqa"]
     assert {r["fold"] for r in csqa} == {""} and {r["best.value_accuracy"] for r in csqa} == {""}
+    assert {r["selection"] for r in csqa} == {""} and {r["selected.value_accuracy"] for r in csqa} == {""}
+    assert "selected.accuracy" not in rows[0]  # only the old CSQA summaries have accuracy, and no selected
 
 
 def test_plot_figure(built):
-    fig = report.plot_figure(table(built[0]))
+    fig = report_plots.plot_figure(table(built[0]))
     (ax,) = fig.axes
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines) == {"LTH (After)", "GMP (During)", "SNIP (Before)", "Random+RigL", "Dense"}
@@ -187,9 +208,8 @@ def test_plot_figure(built):
 
 def test_figure_files(built):
     result, out = built
-    stems = report.figure_stems(result["tables"])
-    assert sorted(stems) == ["csqa_roberta_roberta-large_accuracy", "mawps_gts_equation_accuracy",
-                             "mawps_gts_value_accuracy"]
+    stems = report_plots.figure_stems(result["tables"])
+    assert sorted(stems) == STEMS
     for stem in stems:
         png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -210,7 +230,7 @@ def test_layers(tmp_path, capsys):
         path = out / f"layers_mawps_lth_seed1_fold0_round_3.{ext}"
         assert path.stat().st_size > 5_000
     assert (out / "layers_mawps_lth_seed1_fold0_round_3.png").read_bytes()[:4] == b"\x89PNG"
-    fig = report.layers_figure(report.read_run(run))
+    fig = report_plots.layers_figure(report.read_run(run))
     (ax,) = fig.axes
     bars = ax.patches
     assert [b.get_width() for b in bars] == pytest.approx(list(per_leaf.values()))
@@ -244,5 +264,56 @@ def test_cli_subprocess(tree, tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(tree), "--out", str(tmp_path)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "22 runs, 3 tables, 2 flagged" in done.stdout
+    assert f"{NUM_RUNS} runs, {len(STEMS)} tables, 2 flagged, 0 diverged" in done.stdout
     assert (tmp_path / "report.md").is_file() and (tmp_path / "runs.csv").is_file()
+
+
+def test_diverged_runs_are_marked_never_averaged_or_plotted(tmp_path, capsys):
+    root = tmp_path / "runs"
+    write(root / "dense", summary("dense", 0.0, 0, 0, 90.0))
+    write(root / "rigl_s0.5_seed0", summary("rigl", 0.5, 0, 0, 70.0))
+    write(root / "rigl_s0.5_seed1", diverged(summary("rigl", 0.5, 1, 0, 0.0, actual=0.3), 17))
+    for seed in (0, 1):  # every seed of 0.8 diverged
+        write(root / f"rigl_s0.8_seed{seed}", diverged(summary("rigl", 0.8, seed, 0, 0.0), 5 + seed))
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {root / 'rigl_s0.5_seed1' / 'summary.json'} diverged at step 17" in captured.err.splitlines()
+    assert sum("diverged at step" in line for line in captured.err.splitlines()) == 3
+    assert "misses the target" not in captured.err  # a diverged run's sparsity is not flagged
+    assert "5 runs, 2 tables, 0 flagged, 3 diverged" in captured.out
+
+    rows = {Path(r["path"]).parent.name: r for r in csv.DictReader((out / "runs.csv").open())}
+    assert {name: (r["diverged"], r["diverged_step"]) for name, r in rows.items()} == {
+        "dense": ("False", ""), "rigl_s0.5_seed0": ("False", ""), "rigl_s0.5_seed1": ("True", "17"),
+        "rigl_s0.8_seed0": ("True", "5"), "rigl_s0.8_seed1": ("True", "6")}
+    assert rows["rigl_s0.5_seed1"]["reported"] == "" and rows["rigl_s0.5_seed1"]["selected.value_accuracy"] == ""
+
+    (t,) = [t for t in report_tables.build_tables(report.load_summaries([root])) if t.metric == "value_accuracy"]
+    assert t.value("rigl", 0.5) == report_tables.Cell(70.0, None, 1, diverged=1)  # not (70 + 0) / 2
+    assert t.value("rigl", 0.8) == report_tables.Cell(None, None, 0, diverged=2)
+    md = (out / "report.md").read_text()
+    assert "| Random+RigL | 70.00 † (1 of 2 diverged) | diverged |" in md
+    assert "## Runs that diverged" in md and "rigl_s0.8_seed1/summary.json`: at step 6" in md
+
+    (ax,) = report_plots.plot_figure(t).axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    rigl = lines["Random+RigL"]
+    assert rigl.get_ydata()[0] == pytest.approx(70.0) and math.isnan(rigl.get_ydata()[1])  # no point at 0.8
+    assert not any(0.0 in list(line.get_ydata()) for line in ax.get_lines())  # nothing plotted as 0
+    (cross,) = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert list(cross.get_xdata()) == [0.8] and list(cross.get_ydata()) == [1.0]  # the top of the axis
+    assert cross.get_transform() == ax.get_xaxis_transform() and cross.get_label().startswith("_")
+    assert report_plots.DIVERGED_LABEL in [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_a_cell_of_only_diverged_dense_runs(tmp_path):
+    root = tmp_path / "runs"
+    write(root / "dense", diverged(summary("dense", 0.0, 0, 0, 0.0), 3))
+    write(root / "gmp", summary("gmp", 0.5, 0, 0, 60.0))
+    (t,) = [t for t in report_tables.build_tables(report.load_summaries([root])) if t.metric == "value_accuracy"]
+    assert t.dense == report_tables.Cell(None, None, 0, diverged=1) and t.value("dense", 0.5) == t.dense
+    assert "| Dense | diverged |" in report_tables.table_markdown(t)
+    (ax,) = report_plots.plot_figure(t).axes
+    assert [line.get_label() for line in ax.get_lines()] == ["GMP (During)"]  # no dense line at 0
+    assert "Dense: every seed diverged" in [text.get_text() for text in ax.get_legend().get_texts()]

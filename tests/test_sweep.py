@@ -1,36 +1,29 @@
-"""scripts/sweep.py: the dry-run plan (grid, order, shared dense runs, workdir names, quoting), its one-line
-errors, and one tiny real sweep through the in-process runner (then rerun: everything skipped)."""
+"""The sweep command (smc_jax.cli.sweep): the dry-run plan (grid, order, shared dense runs, workdir names,
+quoting, the task and algorithm read from the config however the gin files compose), its one-line errors,
+diverged runs, and one tiny real sweep through the in-process runner (then rerun: everything skipped)."""
 
 import ast
-import importlib.util
+import dataclasses
 import json
 import os
 import re
 import shlex
-import shutil
-import sys
 from pathlib import Path
 
+import gin
 import jax
 import pytest
 
+from smc_jax.cli import gin_cli, sweep
 from smc_jax.sparsity import ALGORITHMS
-from smc_jax.train import gin_utils
+from smc_jax.tasks.base import TaskBase
+from smc_jax.train import config
 from smc_jax.train.pipelines import PAPER_SPARSITIES
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
-
-
-def _load_sweep():
-    spec = importlib.util.spec_from_file_location("smc_sweep_cli", REPO / "scripts" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = _load_sweep()
+AFTER = ("omp_after", "random_after", "lth")
+SPARSE = [a for a in ALGORITHMS if a not in ("dense", "lth")]  # one run per sparsity each
 
 
 def small(*extra: str) -> list[str]:
@@ -42,27 +35,37 @@ def small(*extra: str) -> list[str]:
 
 
 def dry_run(capsys, *argv: str) -> list[dict]:
-    """The commands of ``sweep.py --dry_run ARGV``, each split back with shlex: its argv and its gin values."""
+    """The commands of ``sweep --dry_run ARGV``, each split back with shlex: its argv, gin files and gin values,
+    and the algorithm of the planned run it prints."""
     assert sweep.main([*argv, "--dry_run"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
+    runs, _ = sweep.plan([*argv, "--dry_run"])
     commands = []
-    for line in out.splitlines():
+    for line, run in zip(out.splitlines(), runs, strict=True):
         words = shlex.split(line)
         assert words[:2] == ["python", "scripts/train.py"], line
-        files, bindings, rest = gin_utils.split_gin_args(words[2:])
-        assert len(files) == 1 and rest == [], line
+        files, bindings, rest = gin_cli.split_gin_args(words[2:])
+        assert rest == [] and words[2:] == run.argv(), line
         values = {}
         for b in bindings:
             name, _, value = b.partition("=")
             values[name.strip()] = value.strip()
-        gin = {k: ast.literal_eval(v) for k, v in values.items() if k.isupper()}
-        commands.append({"argv": words[2:], "file": files[0], "gin": gin, "bindings": bindings})
+        gin_values = {k: ast.literal_eval(v) for k, v in values.items() if k.isupper()}
+        commands.append({"argv": words[2:], "files": files, "gin": gin_values, "bindings": bindings,
+                         "algorithm": run.algorithm})
     return commands
+
+
+def built(command: dict):
+    """The experiment a dry-run command builds (later files and bindings win)."""
+    config.register()
+    gin_cli.parse_config(command["files"], command["bindings"], search_paths=[gin_cli.GIN_DIR])
+    return config.experiment()
 
 
 def test_default_is_the_gin_files_own_run(capsys):
     [run] = dry_run(capsys, "--gin_file=gin/mawps_rigl.gin")
-    assert run["file"] == "gin/mawps_rigl.gin"
+    assert run["files"] == ["gin/mawps_rigl.gin"]
     assert run["gin"] == {"SPARSITY": 0.5, "SEED": 6174, "FOLD": 0,
                           "WORKDIR": "runs/sweep_mawps/mawps_rigl_s0.5_seed6174_fold0"}
     [run] = dry_run(capsys, "--gin_file=gin/csqa_gmp.gin", "--gin.SPARSITY=0.738", "--workdir=out")
@@ -79,24 +82,90 @@ def test_paper_grid(capsys):
 
 def test_all_algorithms_dense_first_lth_once_after_runs_share_the_dense_run(capsys):
     runs = dry_run(capsys, "--gin_file=gin/mawps_rigl.gin", "--algorithms=all", "--sparsities=paper", "--folds=0")
-    assert len(runs) == 1 + 1 + 9 * 10
-    names = [Path(r["file"]).stem.split("_", 1)[1] for r in runs]
+    assert len(runs) == 1 + 1 + len(SPARSE) * len(PAPER_SPARSITIES)  # dense, lth, the others at every sparsity
+    names = [r["algorithm"] for r in runs]
     assert names[0] == "dense" and names.count("dense") == 1 and "SPARSITY" not in runs[0]["gin"]
     assert list(dict.fromkeys(names)) == list(ALGORITHMS)  # dense, then the others in DESIGN.md's order
+    for run, name in zip(runs, names):  # the given file, then the algorithm's own file (none for rigl's)
+        assert run["files"] == ["gin/mawps_rigl.gin"] + ([] if name == "rigl" else [f"algorithms/{name}.gin"])
     dense_dir = runs[0]["gin"]["WORKDIR"]
     assert dense_dir == "runs/sweep_mawps/mawps_dense_seed6174_fold0"
-    [lth] = [r for r in runs if r["file"] == "gin/mawps_lth.gin"]
+    [lth] = [r for r in runs if r["algorithm"] == "lth"]
     assert lth["gin"]["SPARSITY"] == 0.893 and lth["gin"]["WORKDIR"].endswith("mawps_lth_s0.893_seed6174_fold0")
     for run, name in zip(runs, names):
-        assert run["gin"].get("DENSE_WORKDIR") == (dense_dir if name in ("omp_after", "random_after", "lth") else None)
+        assert run["gin"].get("DENSE_WORKDIR") == (dense_dir if name in AFTER else None)
         assert run["gin"]["FOLD"] == 0 and run["gin"]["SEED"] == 6174
     assert len({r["gin"]["WORKDIR"] for r in runs}) == len(runs)
     # after-only sweep: the dense run still comes first; one per (seed, fold), LTH at the largest sparsity
     runs = dry_run(capsys, "--gin_file=gin/asdiv_lth.gin", "--sparsities=0.5,0.2", "--seeds=1,2")
-    assert [(Path(r["file"]).name, r["gin"].get("SPARSITY"), r["gin"]["SEED"]) for r in runs] == [
-        ("asdiv_dense.gin", None, 1), ("asdiv_dense.gin", None, 2),
-        ("asdiv_lth.gin", 0.5, 1), ("asdiv_lth.gin", 0.5, 2)]
+    dense_files = ["gin/asdiv_lth.gin", "algorithms/dense.gin"]
+    assert [(r["files"], r["gin"].get("SPARSITY"), r["gin"]["SEED"]) for r in runs] == [
+        (dense_files, None, 1), (dense_files, None, 2), (["gin/asdiv_lth.gin"], 0.5, 1), (["gin/asdiv_lth.gin"], 0.5, 2)]
     assert [r["gin"].get("DENSE_WORKDIR") for r in runs[2:]] == [r["gin"]["WORKDIR"] for r in runs[:2]]
+
+
+def test_a_task_file_and_an_algorithm_file(capsys):
+    runs = dry_run(capsys, "--gin_file=gin/tasks/mawps.gin", "--gin_file=gin/algorithms/rigl.gin",
+                   "--algorithms=rigl,gmp")
+    assert [(r["algorithm"], r["files"]) for r in runs] == [
+        ("rigl", ["gin/tasks/mawps.gin", "gin/algorithms/rigl.gin"]),
+        ("gmp", ["gin/tasks/mawps.gin", "gin/algorithms/rigl.gin", "algorithms/gmp.gin"])]
+    assert [r["gin"]["WORKDIR"] for r in runs] == ["runs/sweep_mawps/mawps_rigl_s0.5_seed6174_fold0",
+                                                  "runs/sweep_mawps/mawps_gmp_s0.5_seed6174_fold0"]
+    assert [built(r).algorithm.name for r in runs] == ["rigl", "gmp"]  # the appended file wins
+
+
+def test_a_task_alone_needs_algorithms(capsys):
+    runs = dry_run(capsys, "--task=mawps", "--algorithms=dense,lth")
+    assert [(r["algorithm"], r["files"]) for r in runs] == [("dense", ["tasks/mawps.gin", "algorithms/dense.gin"]),
+                                                           ("lth", ["tasks/mawps.gin", "algorithms/lth.gin"])]
+    assert [r["gin"]["WORKDIR"] for r in runs] == ["runs/sweep_mawps/mawps_dense_seed6174_fold0",
+                                                  "runs/sweep_mawps/mawps_lth_s0.5_seed6174_fold0"]
+    assert runs[1]["gin"]["DENSE_WORKDIR"] == runs[0]["gin"]["WORKDIR"]
+    assert [built(r).algorithm.name for r in runs] == ["dense", "lth"]
+    # --task goes before the given files: a task and an algorithm shortcut of another task's family
+    [run] = dry_run(capsys, "--task=svamp", "--gin_file=gin/algorithms/snip.gin")
+    assert run["files"] == ["tasks/svamp.gin", "gin/algorithms/snip.gin"] and run["algorithm"] == "snip"
+    assert run["gin"]["WORKDIR"] == "runs/sweep_svamp/svamp_snip_s0.5_seed6174"
+
+
+@gin.external_configurable
+@dataclasses.dataclass
+class SweepFakeTask(TaskBase):
+    """A task registered for these tests only: three folds whatever the dataset; never instantiated."""
+
+    dataset: str = "fake"
+    fold: int | None = 0
+
+    @classmethod
+    def folds(cls, dataset: str) -> int | None:
+        return 3
+
+    def __post_init__(self):
+        raise AssertionError("the sweep must not instantiate the task")
+
+
+FAKE_TASK_GIN = """
+include 'tasks/mawps.gin'  # the engine settings of a real task; the task itself is the fake
+Experiment.task = @SweepFakeTask
+SweepFakeTask.dataset = 'word_problems_v2'
+"""
+
+
+def test_a_dataset_name_with_underscores(tmp_path, capsys):
+    (tmp_path / "word_problems_v2.gin").write_text(FAKE_TASK_GIN)
+    shortcut = tmp_path / "word_problems_v2_g2t_rigl.gin"  # a file name no stem split can take apart
+    shortcut.write_text(f"include '{tmp_path / 'word_problems_v2.gin'}'\ninclude 'algorithms/rigl.gin'\n")
+    runs = dry_run(capsys, f"--gin_file={shortcut}", "--algorithms=rigl,omp_after", "--folds=all", "--seeds=1")
+    assert [r["gin"]["WORKDIR"] for r in runs] == (
+        [f"runs/sweep_word_problems_v2/word_problems_v2_dense_seed1_fold{k}" for k in range(3)]
+        + [f"runs/sweep_word_problems_v2/word_problems_v2_rigl_s0.5_seed1_fold{k}" for k in range(3)]
+        + [f"runs/sweep_word_problems_v2/word_problems_v2_omp_after_s0.5_seed1_fold{k}" for k in range(3)])
+    assert [r["files"][-1] for r in runs] == ["algorithms/dense.gin"] * 3 + [str(shortcut)] * 3 + [
+        "algorithms/omp_after.gin"] * 3
+    runs_, _ = sweep.plan([f"--gin_file={tmp_path / 'word_problems_v2.gin'}", "--gin.SweepFakeTask.dataset='a_b'",
+                           "--algorithms=gmp"])
+    assert [(r.task, r.title()) for r in runs_] == [("a_b", "a_b gmp s=0.5 seed=6174 fold=0")]
 
 
 def test_folds_expand_to_separate_runs(capsys):
@@ -125,16 +194,16 @@ def test_quoting_survives_shlex_split(capsys, tmp_path):
     assert run["gin"]["WORKDIR"] == f"{odd}/mawps_omp_after_s0.5_seed6174_fold0"
     assert run["gin"]["DATA_DIR"] == dense["gin"]["DATA_DIR"] == "/data dir/x"
     assert {"ArithmeticTask.hidden = 32", "TrainConfig.log_every = 7"} <= set(run["bindings"])  # a flag per line
-    assert run["argv"] == sweep.plan(["--gin_file=gin/mawps_omp_after.gin", f"--workdir={odd}", *extra])[0][1].argv()
-    gin_utils.parse_config([run["file"]], run["bindings"], search_paths=[REPO / "gin"])  # still valid gin
-    assert gin_utils.macro_value("DENSE_WORKDIR") == f"{odd}/mawps_dense_seed6174_fold0"
+    gin_cli.parse_config(run["files"], run["bindings"], search_paths=[gin_cli.GIN_DIR])  # still valid gin
+    assert gin_cli.macro_value("DENSE_WORKDIR") == f"{odd}/mawps_dense_seed6174_fold0"
 
 
 def test_help_documents_the_flags(capsys):
     assert sweep.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--gin_file", "--algorithms", "--sparsities", "--seeds", "--folds", "--workdir", "--dry_run",
-                 "--gin.NAME=VALUE", "paper", "DENSE_WORKDIR", "skipped (done)"):
+    for flag in ("--gin_file", "--task", "--algorithms", "--sparsities", "--seeds", "--folds", "--workdir", "--dry_run",
+                 "--gin.NAME=VALUE", "paper", "DENSE_WORKDIR", "skipped (done)", "diverged at step",
+                 "skipped (diverged at step"):
         assert flag in out, flag
 
 
@@ -153,11 +222,17 @@ def test_help_documents_the_flags(capsys):
     (["--gin_file=gin/svamp_rigl.gin", "--folds=all"], "svamp has no folds"),
     (["--gin_file=gin/csqa_rigl.gin", "--folds=0"], "csqa has no folds"),
     (["--gin_file=gin/mawps_rigl.gin", "--folds=5"], "fold 5 of mawps does not exist: folds are 0..4"),
-    (["--gin_file=gin/base.gin"], "not a top-level file"),
-    (["--gin_file=gin/mawps_nope.gin"], "not a top-level file"),
+    (["--gin_file=gin/base.gin", "--algorithms=rigl"], "the config names no task (Experiment.task)"),
+    (["--gin_file=gin/mawps_nope.gin"], "gin file not found: gin/mawps_nope.gin"),
     (["--gin_file=gin/cola_rigl.gin"], "gin file not found: gin/cola_rigl.gin"),
-    (["--gin_file=gin/mawps_rigl.gin", "--gin_file=gin/mawps_gmp.gin"], "exactly one --gin_file"),
-    ([], "exactly one --gin_file"),
+    ([], "give --gin_file=FILE"),
+    (["--task=mawps"], "the config names no algorithm (Experiment.algorithm): give --algorithms="),
+    (["--gin_file=gin/tasks/csqa.gin", "--seeds=1"], "the config names no algorithm"),
+    (["--task=cola", "--algorithms=rigl"], "unknown task 'cola' (no gin/tasks/cola.gin); tasks: asdiv, csqa, mawps, "
+                                           "race, svamp, winogrande"),
+    (["--task=mawps", "--algorithms=rigl,nope"], "unknown algorithm 'nope'"),
+    (["--task=mawps", "--algorithms=rigl", "--gin.Experiment.algorithm=@GMP()"],
+     "algorithms/rigl.gin does not set the algorithm: a binding sets Experiment.algorithm to 'gmp'"),
     (["--gin_file=gin/mawps_rigl.gin", "--bogus=1"], "unrecognized arguments: --bogus=1"),
     (["--gin_file=gin/mawps_rigl.gin", "--gin.FOLDS=1"], "unknown macro FOLDS"),
     (["--gin_file=gin/svamp_rigl.gin", "--gin.FOLD=1"], "unknown macro FOLD"),
@@ -171,15 +246,84 @@ def test_bad_flags_are_one_line_and_exit_2(argv, message, capsys):
     assert captured.out == ""
 
 
-def test_missing_sibling_gin_file_names_what_exists(tmp_path, capsys):
-    shutil.copy(REPO / "gin" / "mawps_rigl.gin", tmp_path / "mawps_rigl.gin")
-    shutil.copy(REPO / "gin" / "mawps_gmp.gin", tmp_path / "mawps_gmp.gin")
-    [run] = dry_run(capsys, f"--gin_file={tmp_path / 'mawps_rigl.gin'}", "--algorithms=gmp")
-    assert run["file"] == str(tmp_path / "mawps_gmp.gin")
-    assert sweep.main([f"--gin_file={tmp_path / 'mawps_rigl.gin'}", "--algorithms=snip"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no gin file mawps_snip.gin for algorithm snip" in err
-    assert err.endswith("mawps has: gmp, rigl"), err
+def test_every_listed_task_names_its_runs():
+    """--task lists the dataset files of gin/tasks/ (not the family files they include); each names its runs."""
+    files = {Path(f).stem for f in gin_cli.GIN_DIR.glob("tasks/*.gin")}
+    with pytest.raises(sweep.SweepError) as info:
+        sweep.plan(["--task=cola"])
+    listed = str(info.value).split("tasks: ")[1].split(", ")
+    assert set(listed) < files
+    for name in listed:
+        runs, _ = sweep.plan([f"--task={name}", "--algorithms=dense"])
+        assert {run.task for run in runs} == {name} and runs[0].workdir.startswith(f"runs/sweep_{name}/{name}_dense")
+    assert all((gin_cli.GIN_DIR / "algorithms" / f"{name}.gin").is_file() for name in ALGORITHMS)
+
+
+# ---------------------------------------------------------------------------------------------- outcomes
+
+LINE = r"\[(\d)/(\d)\] (.*?) \.\.\. (.*)"
+
+
+def progress(out: str) -> list[tuple[str, str]]:
+    return [(m.group(3), m.group(4)) for m in re.finditer(LINE, out)]
+
+
+
+def fake_runs(root: Path) -> list:
+    """A dense run, an After run from it, and a RigL run (plain Run objects; no gin)."""
+    dense = str(root / "t_dense_seed0")
+    return [sweep.Run("t", "dense", ("t.gin",), 0, None, None, dense),
+            sweep.Run("t", "omp_after", ("t.gin",), 0, None, 0.5, str(root / "t_omp_after_s0.5_seed0"), dense),
+            sweep.Run("t", "rigl", ("t.gin",), 0, None, 0.5, str(root / "t_rigl_s0.5_seed0"))]
+
+
+def fake_train(diverge: set[str], calls: list[str]):
+    """A train main that writes each run's summary.json, one marked diverged (exit 3) for algorithms in ``diverge``."""
+
+    def main(argv: list[str]) -> int:
+        workdir = Path(ast.literal_eval(next(a for a in argv if a.startswith("--gin.WORKDIR=")).partition("=")[2]))
+        algorithm = workdir.name.split("_")[1]
+        calls.append(algorithm)
+        workdir.mkdir(parents=True)
+        summary = {"reported": None, "diverged": True, "diverged_step": 12} if algorithm in diverge else \
+            {"reported": 81.25}
+        (workdir / "summary.json").write_text(json.dumps(summary))
+        return 3 if algorithm in diverge else 0
+
+    return main
+
+
+def swept(capsys, runs: list, train) -> tuple[int, list, str]:
+    """``sweep.execute``'s exit status, progress lines and the counts of its last line."""
+    status = sweep.execute(runs, train)
+    out = capsys.readouterr().out
+    return status, progress(out), re.search(r"^sweep: (.*) in \d+ s$", out, re.MULTILINE).group(1)
+
+
+def test_a_diverged_run_is_counted_apart_and_skipped_later(tmp_path, capsys):
+    runs, calls = fake_runs(tmp_path), []
+    assert swept(capsys, runs, fake_train({"rigl"}, calls)) == (1, [
+        ("t dense seed=0", "done in 0 s, reported 81.2"), ("t omp_after s=0.5 seed=0", "done in 0 s, reported 81.2"),
+        ("t rigl s=0.5 seed=0", "diverged at step 12")], "3 runs: 2 done, 0 skipped, 1 diverged, 0 failed")
+    assert calls == ["dense", "omp", "rigl"]
+    assert swept(capsys, runs, fake_train(set(), calls)) == (1, [  # nothing runs again; the diverged run counts
+        ("t dense seed=0", "skipped (done)"), ("t omp_after s=0.5 seed=0", "skipped (done)"),
+        ("t rigl s=0.5 seed=0", "skipped (diverged at step 12)")], "3 runs: 0 done, 2 skipped, 1 diverged, 0 failed")
+    assert calls == ["dense", "omp", "rigl"]
+
+
+def test_a_diverged_dense_run_fails_its_after_runs(tmp_path, capsys):
+    runs, calls = fake_runs(tmp_path), []
+    assert swept(capsys, runs, fake_train({"dense"}, calls)) == (1, [
+        ("t dense seed=0", "diverged at step 12"), ("t omp_after s=0.5 seed=0", "failed (its dense run diverged)"),
+        ("t rigl s=0.5 seed=0", "done in 0 s, reported 81.2")], "3 runs: 1 done, 0 skipped, 1 diverged, 1 failed")
+    assert calls == ["dense", "rigl"]
+    # an LTH run whose round diverged (no top-level summary.json yet) is skipped as diverged too
+    lth = sweep.Run("t", "lth", ("t.gin",), 0, None, 0.36, str(tmp_path / "t_lth"), runs[0].workdir)
+    (tmp_path / "t_lth" / "round_2").mkdir(parents=True)
+    (tmp_path / "t_lth" / "round_2" / "summary.json").write_text(json.dumps({"diverged": True, "diverged_step": 4}))
+    assert swept(capsys, [lth], fake_train(set(), calls)) == (
+        1, [("t lth s=0.36 seed=0", "skipped (diverged at step 4)")], "1 runs: 0 done, 0 skipped, 1 diverged, 0 failed")
 
 
 # ---------------------------------------------------------------------------------------------- real runs
@@ -195,13 +339,6 @@ def compile_cache(tmp_path_factory):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
-LINE = r"\[(\d)/(\d)\] (.*?) \.\.\. (.*)"
-
-
-def progress(out: str) -> list[tuple[str, str]]:
-    return [(m.group(3), m.group(4)) for m in re.finditer(LINE, out)]
-
-
 @needs_data
 def test_tiny_sweep_runs_then_skips(tmp_path, compile_cache, capsys):
     argv = ["--gin_file=gin/mawps_rigl.gin", "--algorithms=dense,rigl", "--sparsities=0.5", "--seeds=0",
@@ -212,22 +349,23 @@ def test_tiny_sweep_runs_then_skips(tmp_path, compile_cache, capsys):
     assert [title for title, _ in lines] == ["mawps dense seed=0 fold=0", "mawps rigl s=0.5 seed=0 fold=0"]
     for _, status in lines:
         assert re.fullmatch(r"done in \d+ s, reported \d+\.\d", status), status
-    assert re.search(r"^sweep: 2 runs: 2 done, 0 skipped, 0 failed in \d+ s$", out, re.MULTILINE), out
+    assert re.search(r"^sweep: 2 runs: 2 done, 0 skipped, 0 diverged, 0 failed in \d+ s$", out, re.MULTILINE), out
     dense = json.loads((tmp_path / "mawps_dense_seed0_fold0" / "summary.json").read_text())
     rigl = json.loads((tmp_path / "mawps_rigl_s0.5_seed0_fold0" / "summary.json").read_text())
     assert (dense["algorithm"], dense["seed"], dense["fold"], dense["target_sparsity"]) == ("dense", 0, 0, 0.0)
     assert (rigl["algorithm"], rigl["seed"], rigl["fold"], rigl["target_sparsity"]) == ("rigl", 0, 0, 0.5)
     assert f"reported {rigl['reported']:.1f}" in lines[1][1]
-    # in-process runs share no gin state: each run's config is its own
-    assert "RigL" not in (tmp_path / "mawps_dense_seed0_fold0" / "config.gin").read_text()
-    assert "RigL.sparsity" in (tmp_path / "mawps_rigl_s0.5_seed0_fold0" / "config.gin").read_text()
+    # in-process runs share no gin state: each run's config is its own (dense: mawps_rigl.gin + algorithms/dense.gin)
+    assert "Experiment.algorithm = @Dense()" in (tmp_path / "mawps_dense_seed0_fold0" / "config.gin").read_text()
+    rigl_config = (tmp_path / "mawps_rigl_s0.5_seed0_fold0" / "config.gin").read_text()
+    assert "Experiment.algorithm = @RigL()" in rigl_config and "Dense" not in rigl_config
 
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     assert sweep.main(argv) == 0
     out = capsys.readouterr().out
     assert progress(out) == [("mawps dense seed=0 fold=0", "skipped (done)"),
                              ("mawps rigl s=0.5 seed=0 fold=0", "skipped (done)")]
-    assert re.search(r"^sweep: 2 runs: 0 done, 2 skipped, 0 failed", out, re.MULTILINE), out
+    assert re.search(r"^sweep: 2 runs: 0 done, 2 skipped, 0 diverged, 0 failed", out, re.MULTILINE), out
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == mtimes
 
 
@@ -242,5 +380,5 @@ def test_failed_runs_do_not_stop_the_sweep(tmp_path, capsys):
         ("mawps rigl s=0.7 seed=0 fold=0", "failed (exit 2)"),
         ("mawps omp_after s=0.5 seed=0 fold=0", "failed (its dense run failed)"),
         ("mawps omp_after s=0.7 seed=0 fold=0", "failed (its dense run failed)")]
-    assert re.search(r"^sweep: 5 runs: 0 done, 0 skipped, 5 failed", captured.out, re.MULTILINE)
+    assert re.search(r"^sweep: 5 runs: 0 done, 0 skipped, 0 diverged, 5 failed", captured.out, re.MULTILINE)
     assert captured.err.count("error: ") == 3 and "/nonexistent" in captured.err

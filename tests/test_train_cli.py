@@ -1,5 +1,6 @@
-"""The main job end to end: scripts/train.py on every gin/mawps_*.gin (1 epoch, 64 problems), the After and
-LTH pipelines, resume after SIGKILL, and the CLI's one-line errors.
+"""The main job end to end: the train command (smc_jax.cli.train) on every gin/mawps_*.gin (1 epoch, 64
+problems), the After and LTH pipelines, resume after SIGKILL (through scripts/train.py), the CLI's one-line
+errors and exit statuses, and every top-level gin file building its experiment.
 
 Runs share a small model (hidden 32) and one persistent compilation cache so the suite stays short; the
 real-size smoke run of the README is marked ``slow``.
@@ -7,18 +8,25 @@ real-size smoke run of the README is marked ``slow``.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import gin
 import jax
 import numpy as np
 import pytest
 from conftest import ALGORITHMS, SUMMARY_KEYS
 
 from smc_jax import sparsity as sp
+from smc_jax.cli import gin_cli
+from smc_jax.cli import train as train_cli
+from smc_jax.cli.gin_cli import GIN_DIR
+from smc_jax.cli.gin_errors import top_level_files
+from smc_jax.train import config
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
@@ -139,6 +147,30 @@ def test_bad_input_is_one_line_and_exit_2(train_main, argv, message, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
 
 
+def test_a_diverged_run_exits_3_with_one_line(train_main, monkeypatch, tmp_path, capsys):
+    from smc_jax.train import pipelines
+    from smc_jax.train.trainer import Diverged
+
+    def diverge(experiment, config_text=None):
+        raise Diverged(12, tmp_path, None)
+
+    monkeypatch.setattr(pipelines, "run_experiment", diverge)
+    assert train_main(["--gin_file=gin/mawps_rigl.gin", *small(f"--gin.WORKDIR='{tmp_path}'")]) == train_cli.DIVERGED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "diverged" in err and "step 12" in err, err
+    assert train_cli.DIVERGED not in (0, 1, 2, train_cli.INTERRUPTED)
+
+
+def test_jax_distributed_is_initialized_once_per_process(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(train_cli, "_distributed_done", False)
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # a multi-host environment
+    train_cli.initialize_distributed({})
+    train_cli.initialize_distributed({})  # the next run of a sweep in the same process
+    assert calls == [((), {})]
+
+
 def test_sigkill_then_resume_finishes_with_the_same_masks(tmp_path, train_main):
     """A run killed after its first epoch's checkpoint resumes and ends exactly like an uninterrupted one."""
     env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
@@ -172,21 +204,25 @@ def test_sigkill_then_resume_finishes_with_the_same_masks(tmp_path, train_main):
     assert a["best_step"] == b["best_step"] and a["steps"] == b["steps"] == 96
 
 
-GIN_FILES = sorted(p.name for p in (REPO / "gin").glob("*_*.gin"))
+SHORTCUTS = top_level_files(GIN_DIR)  # the thin top-level files (base.gin is included, so not one of them)
+TASK_NAMES = [name[:-4] for name in top_level_files(GIN_DIR / "tasks", GIN_DIR)]  # datasets, not family files
+
+
+def _includes(name: str) -> list[str]:
+    return re.findall(r"^include '([^']+)'", (GIN_DIR / name).read_text(), re.MULTILINE)
 
 
 def test_every_top_level_gin_file_builds_its_experiment():
-    from smc_jax.train import config, gin_utils
-
-    assert len(GIN_FILES) == 66
-    for name in GIN_FILES:
-        dataset, algorithm = name[:-4].split("_", 1)
+    built = set()
+    for name in SHORTCUTS:
         config.register()
-        gin_utils.parse_config([f"gin/{name}"], [], search_paths=[REPO / "gin"])
+        gin_cli.parse_config([f"gin/{name}"], [], search_paths=[GIN_DIR])
         experiment = config.experiment()
-        assert experiment.algorithm.name == algorithm, name
-        macros = gin_utils.defined_macros()
-        task_settings = gin_utils.config_str()
+        dataset = experiment.task.configured_name(gin_cli.configurable_bindings(experiment.task))
+        algorithm = experiment.algorithm.name
+        built.add((dataset, algorithm))
+        macros = gin_cli.defined_macros()
+        task_settings = gin_cli.config_str()
         if dataset in ("mawps", "asdiv", "svamp"):
             assert experiment.num_epochs == 50 and experiment.seed == 6174
             assert ("FOLD" in macros) == (dataset != "svamp"), name
@@ -198,13 +234,15 @@ def test_every_top_level_gin_file_builds_its_experiment():
             assert macros["UPDATE_FREQUENCY"] == 500 and macros["PRETRAINED"] == "roberta-large", name
             assert f"CommonsenseTask.dataset = '{dataset}'" in task_settings
             assert getattr(experiment.algorithm, "fairseq_order", algorithm == "dense"), name
-    gin_utils.gin.clear_config()
+    # one shortcut per dataset and algorithm
+    assert built == {(task, algorithm) for task in TASK_NAMES for algorithm in sp.ALGORITHMS}
+    gin.clear_config()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in GIN_FILES if not n.startswith("mawps_")])
+@pytest.mark.parametrize("name", [n for n in SHORTCUTS if {"tasks/asdiv.gin", "tasks/svamp.gin"} & set(_includes(n))])
 def test_asdiv_and_svamp_gin_files_train_one_epoch(train_main, runs, name):
-    dataset = name.split("_", 1)[0]
+    (dataset,) = [Path(i).stem for i in _includes(name) if i.startswith("tasks/")]
     workdir = runs / name[:-4]
     assert train_main([f"--gin_file=gin/{name}", *small(
         f"--gin.WORKDIR='{workdir}'", f"--gin.DENSE_WORKDIR='{runs / ('dense_' + dataset)}'")]) == 0

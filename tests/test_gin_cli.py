@@ -1,22 +1,23 @@
-"""The T5X-style gin command line (smc_jax.train.gin_utils): flags, macros, overrides, one-line errors."""
+"""The T5X-style gin command line (smc_jax.cli.gin_cli, gin_errors): flags, macros, bound values, overrides,
+one-line errors."""
 
 from __future__ import annotations
 
 import gin
 import pytest
 
-from smc_jax.train import gin_utils as gu
-from smc_jax.train.gin_utils import ConfigError
+from smc_jax.cli import gin_cli as gu
+from smc_jax.cli.gin_cli import ConfigError
 
 # The gin registry is global: unique names so that nothing else in the test session collides.
 
 
-@gin.configurable("test_gin_utils_task")
+@gin.configurable("test_gin_cli_task")
 def _task(sparsity=0.0, data_dir="unset", fold=0, name="x"):
     return {"sparsity": sparsity, "data_dir": data_dir, "fold": fold, "name": name}
 
 
-@gin.configurable("test_gin_utils_train")
+@gin.configurable("test_gin_cli_train")
 def _train(log_every=10, steps=100, task=None):
     return {"log_every": log_every, "steps": steps, "task": task}
 
@@ -26,16 +27,16 @@ SPARSITY = 0.5
 DATA_DIR = '../shared/data/arithmetic'
 FOLD = 0
 ALIAS = %SPARSITY
-test_gin_utils_task.sparsity = %SPARSITY
-test_gin_utils_task.data_dir = %DATA_DIR
-test_gin_utils_task.fold = %FOLD
+test_gin_cli_task.sparsity = %SPARSITY
+test_gin_cli_task.data_dir = %DATA_DIR
+test_gin_cli_task.fold = %FOLD
 """
 
 TOP_GIN = """
 include 'tasks/task.gin'
 BATCH_SIZE = 8
-test_gin_utils_train.steps = %BATCH_SIZE
-test_gin_utils_train.task = @test_gin_utils_task()
+test_gin_cli_train.steps = %BATCH_SIZE
+test_gin_cli_train.task = @test_gin_cli_task()
 """
 
 
@@ -52,7 +53,7 @@ def gin_dir(tmp_path):
     (tmp_path / "gin" / "tasks" / "task.gin").write_text(TASK_GIN)
     (tmp_path / "gin" / "top.gin").write_text(TOP_GIN)
     (tmp_path / "gin" / "other.gin").write_text("include 'tasks/task.gin'\ninclude 'shared.gin'\n")
-    (tmp_path / "gin" / "shared.gin").write_text("test_gin_utils_train.log_every = 5\n")  # included only
+    (tmp_path / "gin" / "shared.gin").write_text("test_gin_cli_train.log_every = 5\n")  # included only
     return tmp_path / "gin"
 
 
@@ -79,7 +80,7 @@ def test_split_gin_args_mixed_argv():
         "--gin_file", "b.gin",
         "--gin.SPARSITY=0.7",
         "--coordinator_address=1.2.3.4:5",
-        "--gin_bindings=test_gin_utils_train.steps = 3",
+        "--gin_bindings=test_gin_cli_train.steps = 3",
         "--gin_bindings", "X = 1\nY = 2",
         "--gin.train.x=3",
         "--gin.scope/fn.param='a=b'",
@@ -90,7 +91,7 @@ def test_split_gin_args_mixed_argv():
     assert files == ["a.gin", "b.gin"]
     assert bindings == [
         "SPARSITY=0.7",
-        "test_gin_utils_train.steps = 3",
+        "test_gin_cli_train.steps = 3",
         "X = 1\nY = 2",
         "train.x=3",
         "scope/fn.param='a=b'",
@@ -118,7 +119,7 @@ def test_macros_from_files_and_overrides_reach_the_configurable(gin_dir):
     gin.clear_config()
 
     _parse(gin_dir, "--gin.SPARSITY=0.7", "--gin_bindings=SPARSITY = 0.9",
-           "--gin.test_gin_utils_train.log_every=3")
+           "--gin.test_gin_cli_train.log_every=3")
     assert gu.macro_value("SPARSITY") == 0.9  # later wins
     assert gu.macro_value("ALIAS") == 0.9  # ``ALIAS = %SPARSITY`` follows the override
     assert gu.macro_value("NOPE", default="d") == "d"
@@ -126,7 +127,7 @@ def test_macros_from_files_and_overrides_reach_the_configurable(gin_dir):
     assert out["log_every"] == 3 and out["steps"] == 8
     assert out["task"]["sparsity"] == 0.9 and out["task"]["data_dir"] == "../shared/data/arithmetic"
     assert "SPARSITY = 0.9" in gu.config_str()
-    assert "test_gin_utils_train.log_every = 3" in gu.operative_config()
+    assert "test_gin_cli_train.log_every = 3" in gu.operative_config()
 
 
 @pytest.mark.parametrize(
@@ -156,7 +157,7 @@ def test_finalize_locks_and_parse_unlocks(gin_dir):
     gu.finalize()
     gu.finalize()  # idempotent
     with pytest.raises(RuntimeError):
-        gin.bind_parameter("test_gin_utils_train.steps", 1)
+        gin.bind_parameter("test_gin_cli_train.steps", 1)
     _parse(gin_dir, "--gin.FOLD=2")
     assert gu.macro_value("FOLD") == 2
 
@@ -166,6 +167,28 @@ def test_macro_detection_fallback_agrees_with_registry(gin_dir):
     from_registry = gu._macro_names_from_registry()
     assert sorted(from_registry) == ["ALIAS", "BATCH_SIZE", "DATA_DIR", "FOLD", "SPARSITY"]
     assert sorted(gu._macro_names_from_config_str(gu.config_str())) == sorted(from_registry)
+
+
+def test_bound_values_and_a_configurables_bindings(gin_dir):
+    _parse(gin_dir, "--gin.SPARSITY=0.7", "--gin.test_gin_cli_task.name='n'")
+    assert gu.binding_value("test_gin_cli_task.sparsity") == 0.7  # ``%SPARSITY`` followed
+    assert gu.binding_value("test_gin_cli_task.name") == "n"
+    assert gu.binding_value("test_gin_cli_task.nothing_bound", default="d") == "d"
+    assert gu.binding_value("test_gin_cli_train.log_every") is None  # a parameter nothing binds
+    assert gu.configurable_bindings("test_gin_cli_task") == {
+        "sparsity": 0.7, "data_dir": "../shared/data/arithmetic", "fold": 0, "name": "n"}
+    assert set(gu.configurable_bindings("test_gin_cli_train")) == {"steps", "task"}
+    assert gu.configurable_bindings("test_gin_cli_train")["steps"] == 8
+    assert gu.configurable_bindings("nothing_of_that_name") == {}
+
+
+def test_top_level_files_of_a_subfolder(gin_dir):
+    from smc_jax.cli.gin_errors import top_level_files
+
+    (gin_dir / "tasks" / "family.gin").write_text("FAMILY = 1\n")
+    (gin_dir / "tasks" / "member.gin").write_text("include 'tasks/family.gin'\n")
+    assert top_level_files(gin_dir / "tasks", gin_dir) == ["member.gin", "task.gin"]  # top.gin is above tasks/
+    assert top_level_files(gin_dir) == ["other.gin", "top.gin"]
 
 
 # ------------------------------------------------------------------------------------------- errors
@@ -184,20 +207,20 @@ def test_unknown_macro_lists_the_defined_ones(gin_dir):
 
 
 def test_unknown_macro_reference(gin_dir):
-    msg = _error(_parse, gin_dir, "--gin.test_gin_utils_train.steps=%STEPS")
+    msg = _error(_parse, gin_dir, "--gin.test_gin_cli_train.steps=%STEPS")
     assert "%STEPS" in msg and "SPARSITY" in msg
-    bad_ref = "include 'tasks/task.gin'\ntest_gin_utils_train.steps = %NUM_STEPS\n"
+    bad_ref = "include 'tasks/task.gin'\ntest_gin_cli_train.steps = %NUM_STEPS\n"
     (gin_dir / "bad_ref.gin").write_text(bad_ref)
     msg = _error(_parse, gin_dir, files=["bad_ref.gin"])
-    assert "%NUM_STEPS is used by test_gin_utils_train.steps but never defined" in msg
+    assert "%NUM_STEPS is used by test_gin_cli_train.steps but never defined" in msg
 
 
 def test_unknown_configurable_and_parameter(gin_dir):
-    msg = _error(_parse, gin_dir, "--gin.test_gin_utils_trian.steps=3")
-    assert "test_gin_utils_trian.steps=3" in msg and "No configurable matching" in msg
-    assert "did you mean test_gin_utils_train" in msg
-    msg = _error(_parse, gin_dir, "--gin_bindings=test_gin_utils_train.stpes = 3")
-    assert "test_gin_utils_train.stpes = 3" in msg and "stpes" in msg
+    msg = _error(_parse, gin_dir, "--gin.test_gin_cli_trian.steps=3")
+    assert "test_gin_cli_trian.steps=3" in msg and "No configurable matching" in msg
+    assert "did you mean test_gin_cli_train" in msg
+    msg = _error(_parse, gin_dir, "--gin_bindings=test_gin_cli_train.stpes = 3")
+    assert "test_gin_cli_train.stpes = 3" in msg and "stpes" in msg
     assert "log_every, steps, task" in msg
 
 
@@ -237,9 +260,9 @@ def test_errors_inside_gin_files(gin_dir):
     (gin_dir / "syntax.gin").write_text("A = 1\nB = [1, 2\nC = 3\n")
     msg = _error(_parse, gin_dir, files=["syntax.gin"])
     assert "syntax.gin" in msg
-    (gin_dir / "unknown.gin").write_text("A = 1\ntest_gin_utils_nothing.x = 2\n")
+    (gin_dir / "unknown.gin").write_text("A = 1\ntest_gin_cli_nothing.x = 2\n")
     msg = _error(_parse, gin_dir, files=["unknown.gin"])
-    assert "No configurable matching 'test_gin_utils_nothing'" in msg and "unknown.gin line 2" in msg
+    assert "No configurable matching 'test_gin_cli_nothing'" in msg and "unknown.gin line 2" in msg
     (gin_dir / "word.gin").write_text("A = hello\n")
     msg = _error(_parse, gin_dir, files=["word.gin"])
     assert "cannot parse value 'hello'" in msg and "word.gin line 1" in msg

@@ -1,0 +1,185 @@
+"""Summaries to tables: the cells of one (task, model, pretrained, metric) over algorithms and sparsities,
+seeds averaged, cross-validation folds micro-averaged, diverged seeds counted apart; and the tables as
+markdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from smc_jax.cli import warn
+from smc_jax.sparsity import ALGORITHMS
+
+ORDER: tuple[str, ...] = tuple(ALGORITHMS)  # DESIGN.md's order, dense first
+LABELS: dict[str, str] = {name: algorithm.label for name, algorithm in ALGORITHMS.items()}
+
+
+def short_name(pretrained: str) -> str:
+    """The last two path components of a hub id or a local checkpoint directory."""
+    return "/".join(Path(str(pretrained).rstrip("/")).parts[-2:])
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One table cell: the mean and sample std (None for one seed) over the ``n`` seeds that finished, and
+    how many seeds ``diverged`` (left out; ``mean`` is None when every seed diverged)."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    diverged: int = 0
+
+
+@dataclasses.dataclass
+class Table:
+    """The results of one (task, model, pretrained, metric): ``cells[algorithm][sparsity_label]``."""
+
+    task: str
+    model: str
+    pretrained: str | None
+    metric: str
+    sparsities: list[float]
+    algorithms: list[str]  # rows, DESIGN order, dense first
+    cells: dict[str, dict[float, Cell]]
+    dense: Cell | None
+
+    @property
+    def title(self) -> str:
+        """``mawps / gts / value_accuracy`` (with ``pretrained`` when there is one)."""
+        model = self.model if self.pretrained is None else f"{self.model} ({short_name(self.pretrained)})"
+        return f"{self.task} / {model} / {self.metric}"
+
+    def value(self, algorithm: str, sparsity: float) -> Cell | None:
+        """The cell of a row and a column; dense's value in every column; None when no run exists."""
+        if algorithm == "dense":
+            return self.dense
+        return self.cells.get(algorithm, {}).get(sparsity)
+
+
+def metric_value(summary: dict, metric: str) -> float | None:
+    """``selected[metric]`` (``best[metric]`` for a summary without ``selected``); None if absent or not finite."""
+    source = summary.get("selected") if "selected" in summary else summary.get("best")
+    value = (source or {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def rank(algorithm: str) -> int:
+    """The row of an algorithm: DESIGN.md's order, unknown names last."""
+    return ORDER.index(algorithm) if algorithm in ORDER else len(ORDER)
+
+
+def sort_key(s: dict) -> tuple:
+    """Summaries sorted by task, model, pretrained, algorithm (row order), sparsity, seed, fold, path."""
+    return (s["task"], s["model"], str(s.get("pretrained")), rank(s["algorithm"]), s["algorithm"],
+            float(s["sparsity_label"]), str(s["seed"]), str(s.get("fold")), s.get("path", ""))
+
+
+def micro_average(folds: Sequence[dict], metric: str) -> float | None:
+    """Σ value·num_eval / Σ num_eval of :func:`metric_value` over the folds that have it (SPEC §1.2); None if
+    none has it."""
+    have = [(v, f["num_eval"]) for f in folds if (v := metric_value(f, metric)) is not None]
+    if not have:
+        return None
+    weight = sum(n for _, n in have)
+    if weight <= 0:
+        return statistics.fmean(v for v, _ in have)
+    return sum(v * n for v, n in have) / weight
+
+
+def _cell(values: list[float], diverged: int = 0) -> Cell | None:
+    if not values:
+        return Cell(None, None, 0, diverged) if diverged else None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Cell(statistics.fmean(values), std, len(values), diverged)
+
+
+def _seed_groups(summaries: Iterable[dict]) -> dict[tuple, list[dict]]:
+    """(task, model, pretrained, algorithm, sparsity_label, seed) -> its fold summaries (one per fold;
+    duplicates of one fold warn and keep the first path)."""
+    groups: dict[tuple, dict[Any, dict]] = defaultdict(dict)
+    for s in sorted(summaries, key=sort_key):
+        key = (s["task"], s["model"], s.get("pretrained"), s["algorithm"], float(s["sparsity_label"]), s["seed"])
+        fold = s.get("fold")
+        if fold in groups[key]:
+            warn(f"duplicate run {s['path']} (same coordinates as {groups[key][fold]['path']}); ignoring it")
+            continue
+        groups[key][fold] = s
+    return {k: list(v.values()) for k, v in groups.items()}
+
+
+def build_tables(summaries: Sequence[dict]) -> list[Table]:
+    """One ``Table`` per (task, model, pretrained, metric in ``metrics``), in sorted order. A seed any of
+    whose folds diverged counts as diverged in its cell, never as a value."""
+    groups = _seed_groups(summaries)
+    by_setting: dict[tuple, dict[tuple, list[dict]]] = defaultdict(dict)
+    for key, folds in groups.items():
+        by_setting[key[:3]][key[3:]] = folds
+    tables = []
+    for (task, model, pretrained), runs in sorted(by_setting.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        _check_folds(task, model, runs)
+        metrics: list[str] = []
+        for folds in runs.values():
+            for f in folds:
+                metrics += [m for m in f["metrics"] if m not in metrics]
+        algorithms = sorted({a for a, _, _ in runs} | {"dense"}, key=lambda a: (rank(a), a))
+        sparsities = sorted({sp for a, sp, _ in runs if a != "dense"}) or [0.0]
+        lost = Counter((a, sp) for (a, sp, _), folds in runs.items() if any(f.get("diverged") for f in folds))
+        for metric in metrics:
+            per_cell: dict[tuple[str, float], list[float]] = defaultdict(list)
+            for (algorithm, sparsity, _seed), folds in runs.items():
+                value = micro_average(folds, metric)
+                if value is not None and not any(f.get("diverged") for f in folds):
+                    per_cell[algorithm, sparsity].append(value)
+            cells: dict[str, dict[float, Cell]] = defaultdict(dict)
+            for algorithm, sparsity in set(per_cell) | set(lost):
+                if algorithm != "dense":
+                    cells[algorithm][sparsity] = _cell(per_cell[algorithm, sparsity], lost[algorithm, sparsity])
+            dense = _cell([v for (a, _), vs in per_cell.items() if a == "dense" for v in vs],
+                          sum(n for (a, _), n in lost.items() if a == "dense"))
+            tables.append(Table(task, model, pretrained, metric, sparsities, algorithms, dict(cells), dense))
+    return tables
+
+
+def _check_folds(task: str, model: str, runs: dict[tuple, list[dict]]) -> None:
+    """Warn about (algorithm, sparsity, seed) groups with fewer CV folds than their setting's other runs."""
+    all_folds = {f.get("fold") for folds in runs.values() for f in folds} - {None}
+    for (algorithm, sparsity, seed), folds in runs.items():
+        have = {f.get("fold") for f in folds}
+        if all_folds and have != all_folds:
+            warn(f"{task}/{model} {algorithm} sparsity {sparsity:g} seed {seed}: folds {sorted(have, key=str)} "
+                 f"of {sorted(all_folds, key=str)}; micro-averaged over those present")
+
+
+def _digits(table: Table) -> int:
+    cells = [c for row in table.cells.values() for c in row.values()] + [table.dense]
+    return 2 if any(c is not None and c.mean is not None and abs(c.mean) > 1.5 for c in cells) else 4
+
+
+def format_cell(cell: Cell | None, digits: int = 2) -> str:
+    """``81.25 ± 1.20``; ``81.25`` for one seed; ``""`` for a missing run; ``diverged`` when every seed
+    diverged; ``† (k of n diverged)`` after the mean of the others when some did."""
+    if cell is None:
+        return ""
+    if cell.mean is None:
+        return "diverged"
+    text = f"{cell.mean:.{digits}f}" + ("" if cell.std is None else f" ± {cell.std:.{digits}f}")
+    return text + (f" † ({cell.diverged} of {cell.n + cell.diverged} diverged)" if cell.diverged else "")
+
+
+def table_markdown(table: Table) -> str:
+    """The table as markdown: a heading, then rows = algorithms (paper labels), columns = sparsities."""
+    digits = _digits(table)
+    lines = [f"### {table.title}", ""]
+    if table.pretrained is not None:
+        lines += [f"pretrained: `{table.pretrained}`", ""]
+    lines.append("| Algorithm | " + " | ".join(f"{s:g}" for s in table.sparsities) + " |")
+    lines.append("|---|" + "---:|" * len(table.sparsities))
+    for algorithm in table.algorithms:
+        cells = [format_cell(table.value(algorithm, s), digits) for s in table.sparsities]
+        lines.append(f"| {LABELS.get(algorithm, algorithm)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
