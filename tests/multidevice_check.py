@@ -1,6 +1,9 @@
-"""Run by test_multidevice.py in a subprocess with 8 fake CPU devices: short GTS runs under RigL and GMP on one
+"""Run by test_multidevice.py in a subprocess with 8 fake CPU devices: short runs under RigL and GMP on one
 device, on a data-parallel mesh (data=8) and on an fsdp mesh (fsdp=8) give the same losses, masks and
-sparsity; the fsdp mask-update program gathers no whole parameter. Prints one JSON object."""
+sparsity; the fsdp mask-update program gathers no whole parameter. Prints one JSON object.
+
+``multidevice_check.py DATA_DIR [mlp|gts]``: ``mlp`` (the default suite) is a small embedding + MLP task that
+compiles in seconds; ``gts`` is GTS on 64 MAWPS problems (the slow suite)."""
 
 import json
 import re
@@ -10,40 +13,42 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from fake_tasks import MLPTask  # noqa: E402  (tests/ is this script's directory)
 
 import smc_jax.sparsity as sp
 from smc_jax.tasks.arithmetic.task import ArithmeticTask
 from smc_jax.train.checkpoints import RunCheckpoints
-from smc_jax.train.partitioning import Partitioner, Partitioning
 from smc_jax.train.optim import Optimizer, StepLR
+from smc_jax.train.partitioning import Partitioner, Partitioning
 from smc_jax.train.steps import place, placed_state, train_step
 from smc_jax.train.trainer import MaskRules, TrainConfig, fit
 
-OPTIMIZER = Optimizer(kind="adam_l2", learning_rate=1e-3, weight_decay=1e-5, schedule=StepLR(20, 0.5),
-                      groups={"embedding": {"learning_rate": 8e-6}})
+GTS_OPTIMIZER = Optimizer(kind="adam_l2", learning_rate=1e-3, weight_decay=1e-5, schedule=StepLR(20, 0.5),
+                          groups={"embedding": {"learning_rate": 8e-6}})
+MLP_OPTIMIZER = Optimizer(kind="adam", learning_rate=1e-2)
 
 MESHES = {"one": Partitioning(data=1), "data8": Partitioning(data=8), "fsdp8": Partitioning(data=1, fsdp=8)}
 
 
-def run(task, algorithm, partitioning, workdir):
+def run(task, algorithm, partitioning, workdir, optimizer):
     params = task.init_params(jax.random.key(0))
     masks = algorithm.init_masks(params, MaskRules().masks(params, algorithm.name), key=jax.random.key(1))
     summary = fit(task, algorithm, workdir, seed=0, num_epochs=1, params=sp.apply_masks(params, masks), masks=masks,
-                  optimizer=OPTIMIZER, config=TrainConfig(progress="off", log_every=1), partitioning=partitioning)
+                  optimizer=optimizer, config=TrainConfig(progress="off", log_every=1), partitioning=partitioning)
     losses = [e["loss"] for e in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
               if e["event"] == "train"]
     best, _ = RunCheckpoints(workdir / "checkpoints").restore_best({"params": params, "masks": masks})
     return summary, losses, jax.tree.map(np.asarray, best["masks"])
 
 
-def gathers_whole_param(task, algorithm, partitioning) -> tuple[bool, int]:
+def gathers_whole_param(task, algorithm, partitioning, optimizer) -> tuple[bool, int]:
     """Compile the fsdp train step's mask-update program; any all-gather whose result has a parameter's full
     shape? Also returns how many all-gathers the gradient program has (fsdp needs some there)."""
     partitioner = Partitioner(partitioning)
     params = task.init_params(jax.random.key(0))
     masks = algorithm.init_masks(params, MaskRules().masks(params, algorithm.name), key=jax.random.key(1))
     params, masks, params_sh = place(partitioner, task, params, masks)
-    tx = sp.sparse_optimizer(OPTIMIZER.build(task.param_groups, task.steps_per_epoch, 8), algorithm, masks, 8)
+    tx = sp.sparse_optimizer(optimizer.build(task.param_groups, task.steps_per_epoch, 8), algorithm, masks, 8)
     state, state_sh = placed_state(partitioner, params, params_sh, tx, 0)
     step = train_step(task, tx, True, 1, state_sh, partitioner)
     batch = partitioner.put_batch(task.epoch_batches(0, 0)[0])
@@ -65,14 +70,18 @@ def gathers_whole_param(task, algorithm, partitioning) -> tuple[bool, int]:
 
 
 def main():
-    data_dir = sys.argv[1]
+    data_dir, model = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "mlp")
     assert jax.device_count() == 8, jax.device_count()
-    task = ArithmeticTask(data_dir=data_dir, max_train_examples=64, max_eval_examples=16, batch_size=8, hidden=32,
-                          embedding_size=32, input_buckets=(96,), target_buckets=(16,), eval_batch_size=16)
+    if model == "gts":
+        task = ArithmeticTask(data_dir=data_dir, max_train_examples=64, max_eval_examples=16, batch_size=8, hidden=32,
+                              embedding_size=32, input_buckets=(96,), target_buckets=(16,), eval_batch_size=16)
+        optimizer = GTS_OPTIMIZER
+    else:
+        task, optimizer = MLPTask(), MLP_OPTIMIZER
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for algorithm in (sp.RigL(sparsity=0.5, update_frequency=2), sp.GMP(sparsity=0.5, update_frequency=2)):
-            results = {name: run(task, algorithm, part, Path(tmp) / f"{algorithm.name}_{name}")
+            results = {name: run(task, algorithm, part, Path(tmp) / f"{algorithm.name}_{name}", optimizer)
                        for name, part in MESHES.items()}
             (s1, l1, m1) = results["one"]
             for name in ("data8", "fsdp8"):
@@ -90,7 +99,7 @@ def main():
                     algorithm.init_masks(task.init_params(jax.random.key(0)), MaskRules().masks(
                         task.init_params(jax.random.key(0)), algorithm.name), key=jax.random.key(1)))))
         gathered, grad_gathers, sharded = gathers_whole_param(task, sp.RigL(sparsity=0.5, update_frequency=2),
-                                                              MESHES["fsdp8"])
+                                                              MESHES["fsdp8"], optimizer)
         out["fsdp_update_gathers_a_whole_param"] = gathered
         out["fsdp_gradient_all_gathers"] = grad_gathers
         out["fsdp_every_kernel_sharded"] = sharded

@@ -1,15 +1,15 @@
 import hashlib
-import os
 import shutil
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from smc_jax.tasks.arithmetic import data as A
 
-SHARED = Path(os.environ.get("SMC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED = SHARED_DATA
 ARITHMETIC = SHARED / "arithmetic"
 needs_data = pytest.mark.skipif(not ARITHMETIC.is_dir(), reason=f"no shared data at {ARITHMETIC}")
 

@@ -3,13 +3,13 @@ with a byte-level BPE tokenizer trained here on MAWPS questions, then loaded thr
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -20,16 +20,16 @@ from smc_jax.train.optim import Optimizer, StepLR  # noqa: E402
 from smc_jax.train.steps import evaluator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
+DATA = SHARED_DATA / "arithmetic"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"arithmetic data not found at {DATA}")
 
 
 @pytest.fixture(scope="module")
-def tiny_roberta(tmp_path_factory) -> Path:
+def mawps_roberta(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide random RoBERTa and its tokenizer (byte-level BPE, 400 tokens) in a checkpoint dir."""
     from tokenizers import ByteLevelBPETokenizer
 
-    directory = tmp_path_factory.mktemp("tiny_roberta")
+    directory = tmp_path_factory.mktemp("mawps_roberta")
     problems = data.load_problems(data.split_path(DATA, "mawps", 0, "train"))
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator([" ".join(p.tokens) for p in problems], vocab_size=400, min_frequency=2,
@@ -46,8 +46,8 @@ def tiny_roberta(tmp_path_factory) -> Path:
     return directory
 
 
-def test_number_positions_point_at_the_numbers(tiny_roberta):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_roberta))
+def test_number_positions_point_at_the_numbers(mawps_roberta):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(mawps_roberta))
     problems = data.load_problems(data.split_path(DATA, "mawps", 0, "dev"))[:50]
     shifted = 0
     for problem in problems:
@@ -62,14 +62,14 @@ def test_number_positions_point_at_the_numbers(tiny_roberta):
     assert shifted == len(problems)  # <s> alone shifts every position by one
 
 
-def test_pretrained_task_loads_the_checkpoint_and_trains(tiny_roberta):
+def test_pretrained_task_loads_the_checkpoint_and_trains(mawps_roberta):
     from smc_jax.models import from_pretrained
 
-    task = ArithmeticTask(data_dir=str(DATA), pretrained=str(tiny_roberta), hidden=16, embedding_size=16,
+    task = ArithmeticTask(data_dir=str(DATA), pretrained=str(mawps_roberta), hidden=16, embedding_size=16,
                           max_train_examples=16, max_eval_examples=8, input_buckets=(96,), target_buckets=(16,))
     params = task.init_params(jax.random.key(0))
     assert "embedding" not in params and set(params) == {"roberta", "encoder", "decoder"}
-    _, loaded = from_pretrained(str(tiny_roberta))
+    _, loaded = from_pretrained(str(mawps_roberta))
     for a, b in zip(jax.tree.leaves(params["roberta"]), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # the LSTM reads the encoder's hidden size; RoBERTa trains in the embedding group at its own lr
@@ -96,20 +96,20 @@ def test_pretrained_task_loads_the_checkpoint_and_trains(tiny_roberta):
     assert result["num_eval"] == 8 and 0.0 <= result["value_accuracy"] <= 100.0
 
 
-def test_a_pretrained_run_through_the_cli(tiny_roberta, tmp_path):
+def test_a_pretrained_run_through_the_cli(mawps_roberta, tmp_path):
     spec = importlib.util.spec_from_file_location("smc_train_cli_pretrained", REPO / "scripts" / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     workdir = tmp_path / "run"
     status = module.main([
-        "--gin_file=gin/mawps_rigl.gin", f"--gin.DATA_DIR='{DATA}'", f"--gin.PRETRAINED='{tiny_roberta}'",
+        "--gin_file=gin/mawps_rigl.gin", f"--gin.DATA_DIR='{DATA}'", f"--gin.PRETRAINED='{mawps_roberta}'",
         "--gin.MAX_TRAIN_EXAMPLES=32", "--gin.MAX_EVAL_EXAMPLES=16", "--gin.NUM_EPOCHS=1", "--gin.UPDATE_FREQUENCY=4",
         "--gin.ArithmeticTask.hidden=16", "--gin.ArithmeticTask.embedding_size=16",
         "--gin.ArithmeticTask.input_buckets=(96,)", "--gin.ArithmeticTask.target_buckets=(16,)",
         "--gin.TrainConfig.progress='off'", f"--gin.WORKDIR='{workdir}'"])
     assert status == 0
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["pretrained"] == str(tiny_roberta) and summary["algorithm"] == "rigl"
+    assert summary["pretrained"] == str(mawps_roberta) and summary["algorithm"] == "rigl"
     assert abs(summary["actual_sparsity"] - 0.5) < 0.005
     # RoBERTa's matrices are prunable; its pooler stays dense for RigL (SPEC §2.3)
     leaves = summary["per_leaf_sparsity"]

@@ -1,13 +1,13 @@
 """ArithmeticTask: padded batches, UNK candidates, the optimizer of SPEC §1.2, evaluation plumbing."""
 
 import dataclasses
-import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from smc_jax.tasks.arithmetic import data
 from smc_jax.tasks.arithmetic.task import ArithmeticTask, make_batch, unk_candidates
@@ -16,7 +16,7 @@ from smc_jax.train.optim import Optimizer, StepLR
 from smc_jax.train.steps import evaluator
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
+DATA = SHARED_DATA / "arithmetic"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"arithmetic data not found at {DATA}")
 
 

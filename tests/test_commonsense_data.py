@@ -2,12 +2,12 @@
 decoding with a tiny byte-level BPE RoBERTa tokenizer trained here, and the real MiniLM BERT tokenizer), the
 error messages that name what a folder has, and the hub-row mapping on hand-written rows (no network)."""
 
-import os
 import sys
 import types
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -15,7 +15,7 @@ tokenizers = pytest.importorskip("tokenizers")
 from smc_jax.tasks.commonsense import data as cd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = SHARED_DATA
 CSQA, WINO, RACE = (SHARED / cd.FOLDERS[d] for d in cd.DATASETS)
 needs_data = pytest.mark.skipif(not all(p.is_dir() for p in (CSQA, WINO, RACE)),
                                 reason=f"commonsense data not found under {SHARED}")

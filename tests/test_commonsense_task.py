@@ -2,14 +2,13 @@
 and the shared CommonsenseQA / WinoGrande / RACE files: batches decode to fairseq's text formats, the losses
 fall, evaluation does not depend on padding or order, the fairseq learning-rate schedule."""
 
-import os
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -20,18 +19,15 @@ from smc_jax.train.optim import Optimizer  # noqa: E402
 from smc_jax.train.steps import evaluator, init_state, train_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = SHARED_DATA
 FOLDER = {d: SHARED / cd.FOLDERS[d] for d in cd.DATASETS}
 pytestmark = pytest.mark.skipif(not all(p.is_dir() for p in FOLDER.values()),
                                 reason=f"commonsense data not found under {SHARED}")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from hf_fixtures import tiny_commonsense_roberta
-
-    return tiny_commonsense_roberta(tmp_path_factory.mktemp("tiny_cs_roberta"), SHARED)
+def checkpoint(tiny_roberta):
+    return tiny_roberta
 
 
 def make(checkpoint, dataset, **kw):

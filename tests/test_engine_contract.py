@@ -85,12 +85,13 @@ def test_last_selection_reports_the_final_evaluation(tmp_path):
     summary = train(tmp_path, FakeTask(scores=(3.0, 9.0, 2.0, 5.0), selection="last"))
     assert summary["selection"] == "last" and summary["reported"] == 5.0 and summary["selected_step"] == 20
     assert summary["best"]["acc"] == 9.0 and summary["best_step"] == 10  # best stays the best by metric_mode
-    assert selected_checkpoint(tmp_path)[1]["step"] == 20  # the After/LTH pipelines continue from the selected evaluation
+    assert selected_checkpoint(tmp_path)[1]["step"] == 20  # After/LTH pipelines continue from the selected one
 
 
 def test_a_non_finite_loss_stops_the_run_with_a_diverged_summary(tmp_path):
     task = FakeTask(scores=(1.0, 2.0, 3.0, 4.0), poison_epoch=1)  # step 8 (epoch 1, batch 2) sees a NaN
-    with pytest.raises(Diverged, match=r"non-finite loss at step 8 in .*; the last checkpoint is .*latest/5 \(step 5\)"):
+    expected = r"non-finite loss at step 8 in .*; the last checkpoint is .*latest/5 \(step 5\)"
+    with pytest.raises(Diverged, match=expected):
         train(tmp_path, task, log_every=3)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["diverged"] is True and summary["diverged_step"] == 8 and summary["reported"] == 1.0

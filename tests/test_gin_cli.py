@@ -3,9 +3,9 @@ one-line errors."""
 
 from __future__ import annotations
 
-import gin
 import pytest
 
+import gin
 from smc_jax.cli import gin_cli as gu
 from smc_jax.cli.gin_cli import ConfigError
 

@@ -1,9 +1,9 @@
-import pytest
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from smc_jax.models.gts import GTS, GenerateNode, Merge, Prediction, make_loss, masked_cross_entropy
 from smc_jax.models.tree_schedule import batch_schedule

@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
+DATA = SHARED_DATA / "arithmetic"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"arithmetic data not found at {DATA}")
 
 

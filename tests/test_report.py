@@ -102,7 +102,7 @@ def built(tree, tmp_path_factory):
 
 
 def table(result, task="mawps", metric="value_accuracy"):
-    (t,) = [t for t in result["tables"] if t.task == task and t.metric == metric]
+    (t,) = [t for t in result["tables"] if t.task_name == task and t.metric == metric]
     return t
 
 

@@ -10,10 +10,11 @@ import re
 import shlex
 from pathlib import Path
 
-import gin
 import jax
 import pytest
+from conftest import SHARED_DATA
 
+import gin
 from smc_jax.cli import gin_cli, sweep
 from smc_jax.sparsity import ALGORITHMS
 from smc_jax.tasks.base import TaskBase
@@ -21,7 +22,7 @@ from smc_jax.train import config
 from smc_jax.train.pipelines import PAPER_SPARSITIES
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
+DATA = SHARED_DATA / "arithmetic"
 AFTER = ("omp_after", "random_after", "lth")
 SPARSE = [a for a in ALGORITHMS if a not in ("dense", "lth")]  # one run per sparsity each
 
@@ -165,7 +166,7 @@ def test_a_dataset_name_with_underscores(tmp_path, capsys):
         "algorithms/omp_after.gin"] * 3
     runs_, _ = sweep.plan([f"--gin_file={tmp_path / 'word_problems_v2.gin'}", "--gin.SweepFakeTask.dataset='a_b'",
                            "--algorithms=gmp"])
-    assert [(r.task, r.title()) for r in runs_] == [("a_b", "a_b gmp s=0.5 seed=6174 fold=0")]
+    assert [(r.task_name, r.title()) for r in runs_] == [("a_b", "a_b gmp s=0.5 seed=6174 fold=0")]
 
 
 def test_folds_expand_to_separate_runs(capsys):
@@ -255,7 +256,7 @@ def test_every_listed_task_names_its_runs():
     assert set(listed) < files
     for name in listed:
         runs, _ = sweep.plan([f"--task={name}", "--algorithms=dense"])
-        assert {run.task for run in runs} == {name} and runs[0].workdir.startswith(f"runs/sweep_{name}/{name}_dense")
+        assert {run.task_name for run in runs} == {name} and runs[0].workdir.startswith(f"runs/sweep_{name}/{name}_dense")
     assert all((gin_cli.GIN_DIR / "algorithms" / f"{name}.gin").is_file() for name in ALGORITHMS)
 
 

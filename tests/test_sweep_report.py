@@ -8,11 +8,12 @@ from pathlib import Path
 
 import jax
 import pytest
+from conftest import SHARED_DATA
 
 from smc_jax.cli import report, report_plots, report_tables, sweep
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SMC_SHARED_DATA", REPO.parent / "shared" / "data")) / "arithmetic"
+DATA = SHARED_DATA / "arithmetic"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"arithmetic data not found at {DATA}")
 ALGORITHMS, SPARSITIES = ("rigl", "gmp"), (0.5, 0.8)
 SMALL = ["--gin.MAX_TRAIN_EXAMPLES=64", "--gin.MAX_EVAL_EXAMPLES=32", "--gin.UPDATE_FREQUENCY=8",

@@ -24,9 +24,9 @@ def arithmetic(shared_data, tiny_roberta):
 
 
 def commonsense(shared_data, tiny_roberta):
-    return TASKS["commonsense"](dataset="csqa", pretrained=str(tiny_roberta), data_dir=str(shared_data / "commonsenseqa"),
-                                max_train_examples=8, max_eval_examples=5, batch_size=4, max_length=64,
-                                length_buckets=(64,), eval_batch_size=4)
+    return TASKS["commonsense"](dataset="csqa", pretrained=str(tiny_roberta),
+                                data_dir=str(shared_data / "commonsenseqa"), max_train_examples=8, max_eval_examples=5,
+                                batch_size=4, max_length=64, length_buckets=(64,), eval_batch_size=4)
 
 
 FACTORIES = {"arithmetic": arithmetic, "commonsense": commonsense}
@@ -62,7 +62,8 @@ def test_task_follows_the_protocol(family, shared_data, tiny_roberta, tmp_path):
                   config=TrainConfig(progress="off", log_every=1))
     assert summary["steps"] == 2 and summary["selected_step"] == 2 and summary["task"] == task.name
     assert summary["reported"] == summary["selected"][task.metric] and summary["metric_mode"] == task.metric_mode
-    assert all(m in summary["selected"] for m in (task.metric, *task.metrics)) and abs(summary["actual_sparsity"] - 0.5) < 0.01
+    assert all(m in summary["selected"] for m in (task.metric, *task.metrics))
+    assert abs(summary["actual_sparsity"] - 0.5) < 0.01
 
 
 def _functions(module):

@@ -3,11 +3,9 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from fake_tasks import ADAM, FakeTask
 
 from smc_jax import sparsity as sp

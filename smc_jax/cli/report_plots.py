@@ -115,7 +115,7 @@ def figure_stems(tables: Sequence[Table]) -> list[str]:
     """File stems ``task_model[_pretrained]_metric``, unique (a hash is added where short names collide)."""
     stems = []
     for t in tables:
-        parts = [t.task, t.model] + ([short_name(t.pretrained)] if t.pretrained is not None else []) + [t.metric]
+        parts = [t.task_name, t.model] + ([short_name(t.pretrained)] if t.pretrained is not None else []) + [t.metric]
         stems.append(slug("_".join(parts)))
     seen: dict[str, set] = defaultdict(set)
     for stem, t in zip(stems, tables):

@@ -39,7 +39,7 @@ class Cell:
 class Table:
     """The results of one (task, model, pretrained, metric): ``cells[algorithm][sparsity_label]``."""
 
-    task: str
+    task_name: str
     model: str
     pretrained: str | None
     metric: str
@@ -52,7 +52,7 @@ class Table:
     def title(self) -> str:
         """``mawps / gts / value_accuracy`` (with ``pretrained`` when there is one)."""
         model = self.model if self.pretrained is None else f"{self.model} ({short_name(self.pretrained)})"
-        return f"{self.task} / {model} / {self.metric}"
+        return f"{self.task_name} / {model} / {self.metric}"
 
     def value(self, algorithm: str, sparsity: float) -> Cell | None:
         """The cell of a row and a column; dense's value in every column; None when no run exists."""
@@ -145,13 +145,13 @@ def build_tables(summaries: Sequence[dict]) -> list[Table]:
     return tables
 
 
-def _check_folds(task: str, model: str, runs: dict[tuple, list[dict]]) -> None:
+def _check_folds(task_name: str, model: str, runs: dict[tuple, list[dict]]) -> None:
     """Warn about (algorithm, sparsity, seed) groups with fewer CV folds than their setting's other runs."""
     all_folds = {f.get("fold") for folds in runs.values() for f in folds} - {None}
     for (algorithm, sparsity, seed), folds in runs.items():
         have = {f.get("fold") for f in folds}
         if all_folds and have != all_folds:
-            warn(f"{task}/{model} {algorithm} sparsity {sparsity:g} seed {seed}: folds {sorted(have, key=str)} "
+            warn(f"{task_name}/{model} {algorithm} sparsity {sparsity:g} seed {seed}: folds {sorted(have, key=str)} "
                  f"of {sorted(all_folds, key=str)}; micro-averaged over those present")
 
 

@@ -56,7 +56,6 @@ import dataclasses
 import json
 import re
 import shlex
-import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -79,7 +78,7 @@ class SweepError(ValueError):
 class Run:
     """One train invocation of the sweep."""
 
-    task: str
+    task_name: str
     algorithm: str
     gin_files: tuple[str, ...]
     seed: int
@@ -106,7 +105,7 @@ class Run:
         """``mawps rigl s=0.5 seed=0 fold=0``."""
         sparsity = "" if self.sparsity is None else f" s={self.sparsity:g}"
         fold = "" if self.fold is None else f" fold={self.fold}"
-        return f"{self.task} {self.algorithm}{sparsity} seed={self.seed}{fold}"
+        return f"{self.task_name} {self.algorithm}{sparsity} seed={self.seed}{fold}"
 
     def command(self) -> str:
         """The run as a shell command."""
@@ -188,17 +187,17 @@ def _sparsities(text: str | None, default: float) -> list[float]:
     return values
 
 
-def _folds(text: str | None, default: Any, task: str, num_folds: int | None) -> list[int | None]:
+def _folds(text: str | None, default: Any, task_name: str, num_folds: int | None) -> list[int | None]:
     if num_folds is None:
         if text is not None:
-            raise SweepError(f"--folds: {task} has no folds (it is not a cross-validated dataset)")
+            raise SweepError(f"--folds: {task_name} has no folds (it is not a cross-validated dataset)")
         return [None]
     if text == "all" or (text is None and default == "all"):
         return list(range(num_folds))
     folds = _numbers("folds", text, int) if text is not None else [default]
     bad = [k for k in folds if not (isinstance(k, int) and 0 <= k < num_folds)]
     if bad:
-        raise SweepError(f"fold {bad[0]!r} of {task} does not exist: folds are 0..{num_folds - 1} or all")
+        raise SweepError(f"fold {bad[0]!r} of {task_name} does not exist: folds are 0..{num_folds - 1} or all")
     return folds
 
 
