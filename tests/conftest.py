@@ -15,6 +15,12 @@ settings.register_profile("explore", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def compiled_examples(n: int) -> int:
+    """Examples for a property test whose every example compiles new programs (random shapes): a sixth of ``n``
+    (at least 6) in the default ``ci`` profile, ``n`` in any other (``HYPOTHESIS_PROFILE=explore``)."""
+    return max(6, n // 6) if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else n
+
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -42,7 +48,9 @@ def compilation_cache(tmp_path_factory):
     before = os.environ.get("JAX_COMPILATION_CACHE_DIR")
     settings = {name: getattr(jax.config, name) for name in ("jax_compilation_cache_dir",
                                                              "jax_persistent_cache_min_compile_time_secs")}
-    path = before or str(tmp_path_factory.mktemp("jax_cache"))
+    # pytest-xdist workers share one cache beside their own temp folders
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else None
+    path = before or (str(shared / "jax_cache") if shared else str(tmp_path_factory.mktemp("jax_cache")))
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

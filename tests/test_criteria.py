@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import compiled_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -200,7 +201,7 @@ def scored_tree(draw):
     return scores, active, draw(st.integers(0, total + 2))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=compiled_examples(60), deadline=None)
 @given(scored_tree())
 def test_global_topk_matches_the_reference_exactly(case):
     scores, active, k = case
@@ -213,7 +214,7 @@ def test_global_topk_matches_the_reference_exactly(case):
     assert sum(int(m.sum()) for m in out.values()) == min(k, int(sum(a.sum() for a in active)))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=compiled_examples(40), deadline=None)
 @given(scored_tree(), st.data())
 def test_layerwise_topk_matches_the_reference_per_leaf(case, data):
     scores, active, _ = case
@@ -225,7 +226,7 @@ def test_layerwise_topk_matches_the_reference_per_leaf(case, data):
         np.testing.assert_array_equal(np.asarray(out[f"l{i}"]), reference_topk([s], [a], k)[0])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=compiled_examples(40), deadline=None)
 @given(scored_tree(), st.floats(0.0, 0.999))
 def test_global_magnitude_exact_count_idempotent_and_jit_agrees(case, sparsity):
     scores, _, _ = case
@@ -241,7 +242,7 @@ def test_global_magnitude_exact_count_idempotent_and_jit_agrees(case, sparsity):
         np.testing.assert_array_equal(np.asarray(jitted[key]), np.asarray(out[key]))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=compiled_examples(40), deadline=None)
 @given(scored_tree(), st.floats(0.0, 1.0, width=32), st.integers(0, 2**31 - 1))
 def test_rigl_conserves_per_leaf_density(case, fraction, seed):
     scores, active, _ = case

@@ -174,7 +174,7 @@ def check_against_reference(params, batch, beam_size, max_length, greedy=False):
 
 
 def test_beam_search_equals_the_python_reference():
-    for seed in range(4):
+    for seed in range(2):
         params, batch = init_params(seed, TRAIN_STEPS), make_batch(seed + 10)
         for beam_size in (5, 3):
             out = check_against_reference(params, batch, beam_size, max_length=20)

@@ -1,5 +1,6 @@
 """Two processes on 127.0.0.1 (jax.distributed, 2 fake CPU devices each) train through the CLI and write one
-summary.json equal to a single-process run's in every key but the timings."""
+summary.json equal to a single-process run's in every key but the timings. The default suite runs the small MLP
+task of tests/fake_tasks.py through the real train command (tests/fake_cli.py); the slow suite runs GTS."""
 
 import json
 import os
@@ -13,10 +14,15 @@ from conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = SHARED_DATA / "arithmetic"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"arithmetic data not found at {DATA}")
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"arithmetic data not found at {DATA}")
 
 
-def args(workdir: Path) -> list[str]:
+def mlp_args(workdir: Path) -> list[str]:
+    return [sys.executable, "tests/fake_cli.py", "--gin_file=tests/mlp_task.gin", "--gin_file=algorithms/rigl.gin",
+            "--gin.UPDATE_FREQUENCY=2", "--gin.TrainConfig.progress='off'", f"--gin.WORKDIR='{workdir}'"]
+
+
+def gts_args(workdir: Path) -> list[str]:
     return [sys.executable, "scripts/train.py", "--gin_file=gin/mawps_rigl.gin", f"--gin.DATA_DIR='{DATA}'",
             "--gin.MAX_TRAIN_EXAMPLES=64", "--gin.MAX_EVAL_EXAMPLES=16", "--gin.NUM_EPOCHS=1", "--gin.BATCH_SIZE=8",
             "--gin.UPDATE_FREQUENCY=2", "--gin.ArithmeticTask.hidden=32", "--gin.ArithmeticTask.embedding_size=32",
@@ -45,7 +51,8 @@ def close(a, b, path="") -> None:
         assert a == b, (path, a, b)
 
 
-def test_two_processes_write_the_single_process_summary(tmp_path):
+@pytest.mark.parametrize("args", [mlp_args, pytest.param(gts_args, marks=[pytest.mark.slow, needs_data])])
+def test_two_processes_write_the_single_process_summary(tmp_path, args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR="")
     single = subprocess.run(args(tmp_path / "single"), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]

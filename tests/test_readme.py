@@ -19,3 +19,10 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "pip install -e '.[test]'" in README.read_text()
     assert re.search(r"^\s*pytest\b", ci, re.M)
+
+
+def test_readme_is_a_front_door_linking_every_docs_page():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    pages = sorted(p.name for p in (README.parent / "docs").glob("*.md"))
+    assert pages and all(f"docs/{page}" in text for page in pages), pages

@@ -5,12 +5,10 @@ diverged runs, and one tiny real sweep through the in-process runner (then rerun
 import ast
 import dataclasses
 import json
-import os
 import re
 import shlex
 from pathlib import Path
 
-import jax
 import pytest
 from conftest import SHARED_DATA
 
@@ -332,16 +330,8 @@ def test_a_diverged_dense_run_fails_its_after_runs(tmp_path, capsys):
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"arithmetic data not found at {DATA}")
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """One persistent compilation cache for the runs (shared with test_train_cli.py's when both run)."""
-    cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-
-
 @needs_data
-def test_tiny_sweep_runs_then_skips(tmp_path, compile_cache, capsys):
+def test_tiny_sweep_runs_then_skips(tmp_path, capsys):
     argv = ["--gin_file=gin/mawps_rigl.gin", "--algorithms=dense,rigl", "--sparsities=0.5", "--seeds=0",
             "--folds=0", f"--workdir={tmp_path}", *small()]
     assert sweep.main(argv) == 0, capsys.readouterr().err

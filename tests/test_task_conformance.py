@@ -19,8 +19,9 @@ from smc_jax.train.trainer import MaskRules, TrainConfig, fit
 
 
 def arithmetic(shared_data, tiny_roberta):
-    return TASKS["arithmetic"](data_dir=str(shared_data / "arithmetic"), max_train_examples=8, max_eval_examples=5,
-                               hidden=8, embedding_size=8, batch_size=4, input_buckets=(96,), target_buckets=(16,))
+    # the sizes of test_train_cli's small runs, so the compiled programs come from the session's cache
+    return TASKS["arithmetic"](data_dir=str(shared_data / "arithmetic"), max_train_examples=8, max_eval_examples=32,
+                               hidden=32, embedding_size=32, batch_size=4, input_buckets=(96,), target_buckets=(16,))
 
 
 def commonsense(shared_data, tiny_roberta):

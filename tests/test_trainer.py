@@ -1,5 +1,6 @@
 """The engine on a tiny fake task: selection rules, summaries, CV averaging, names of workdirs."""
 
+import dataclasses
 import json
 
 import jax
@@ -178,3 +179,29 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="multiple of TrainConfig.grad_accum_steps"):
         train_step(task, tx, accum_steps=3)(init_state(params, tx, 0), batch)
+
+
+@dataclasses.dataclass
+class ThreeFoldTask(FakeTask):
+    """A cross-validated fake dataset: fold k evaluates ``num_eval = 10 + k`` examples at score 10·(k + 1)."""
+
+    @classmethod
+    def folds(cls, dataset):
+        return 3
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.num_eval = 10 + self.fold
+        self.scores = (10.0 * (self.fold + 1),) * 4
+
+
+def test_fold_all_runs_every_fold_and_micro_averages(tmp_path):
+    exp = pipelines.Experiment(task=ThreeFoldTask, algorithm=sp.Dense(), optimizer=ADAM, num_epochs=1, fold="all",
+                               workdir=str(tmp_path / "cv"), train=TrainConfig(progress="off"))
+    cv = pipelines.run_experiment(exp, config_text="# config")
+    folds = [json.loads((tmp_path / "cv" / f"fold_{k}" / "summary.json").read_text()) for k in range(3)]
+    assert [f["fold"] for f in folds] == [0, 1, 2] and cv["folds"] == folds and cv["fold"] == "all"
+    assert cv["num_eval"] == 33 and cv["reported"] == pytest.approx((10 * 10 + 20 * 11 + 30 * 12) / 33)
+    assert cv["selected"]["acc"] == pytest.approx(cv["reported"]) and cv["selected_step"] is None
+    assert json.loads((tmp_path / "cv" / "cv_summary.json").read_text()) == cv
+    assert (tmp_path / "cv" / "config.gin").read_text() == "# config"

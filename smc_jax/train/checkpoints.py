@@ -64,7 +64,9 @@ class RunCheckpoints:
                 item_names=("state", "meta"),
                 item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
                 options=ocp.CheckpointManagerOptions(
-                    create=True, preservation_policy=ocp.checkpoint_managers.LatestN(n)),
+                    create=True, preservation_policy=ocp.checkpoint_managers.LatestN(n),
+                    # latest/ and best/ save the same step at once: their multi-process barriers need their own keys
+                    multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)),
             )
 
         self._latest = manager("latest", int(keep))
