@@ -110,7 +110,7 @@ class SampledFakeTask(FakeTask):
 
 @dataclasses.dataclass
 class MLPTask(TaskBase):
-    """A small embedding + MLP classifier on synthetic, learnable data (the label is the most frequent token's
+    """A small embedding + MLP classifier on synthetic, learnable data (the label is the median token's
     class), with logical axis names on every parameter: compiles in seconds, and every kernel shards over fsdp."""
 
     fold: int | None = None
