@@ -68,6 +68,5 @@ def recipe(task_gin: str, gin_files: Sequence[str] = ("algorithms/dense.gin",)) 
     from smc_jax.cli import gin_cli
     from smc_jax.train import config
 
-    config.register()
-    gin_cli.parse_config([task_gin, *gin_files], [], search_paths=[gin_cli.GIN_DIR])
+    gin_cli.parse_run([task_gin, *gin_files])
     return config.experiment()

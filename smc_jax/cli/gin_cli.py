@@ -171,6 +171,15 @@ def _parse(gin_files: Sequence[str], bindings: Sequence[str], paths: list[str]) 
         raise
 
 
+def parse_run(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
+    """Register smc_jax's configurables with gin and :func:`parse_config` a run's ``files`` and ``bindings``
+    with the repo's ``gin/`` as the search path (``smc_jax.train.config.experiment()`` then builds the run)."""
+    from smc_jax.train import config
+
+    config.register()
+    parse_config(files, bindings, search_paths=[GIN_DIR])
+
+
 def parse_command_line(argv: Sequence[str], search_paths: Sequence[str | os.PathLike] = ()) -> list[str]:
     """:func:`split_gin_args` then :func:`parse_config`; returns the other arguments."""
     files, bindings, rest = split_gin_args(argv)

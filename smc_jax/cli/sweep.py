@@ -218,8 +218,7 @@ def _configure(files: Sequence[str], bindings: Sequence[str]) -> Any:
     from smc_jax.cli import gin_cli
     from smc_jax.train import config
 
-    config.register()
-    gin_cli.parse_config(files, bindings, search_paths=[gin_cli.GIN_DIR])
+    gin_cli.parse_run(files, bindings)
     if gin_cli.binding_value("Experiment.task") is None:
         raise SweepError("the config names no task (Experiment.task): give --task=NAME or a task file such as "
                          "--gin_file=gin/tasks/mawps.gin")

@@ -126,8 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files, bindings, rest = gin_cli.split_gin_args(argv)
         if rest:
             raise gin_cli.ConfigError(f"unknown argument {rest[0]!r}; {USAGE}")
-        config.register()
-        gin_cli.parse_config(files, bindings, search_paths=[gin_cli.GIN_DIR])
+        gin_cli.parse_run(files, bindings)
         experiment = config.experiment()
     except (gin_cli.ConfigError, ValueError, TypeError) as err:
         return fail(err)

@@ -33,7 +33,7 @@ import optax
 from smc_jax.sparsity import path_str
 
 PyTree = Any
-Schedule = Callable[[Any], Any]
+ScheduleFn = Callable[[Any], Any]  # update count -> value
 
 KINDS = ("adam", "adamw", "adam_l2")
 DEFAULT_GROUP = "default"
@@ -45,18 +45,27 @@ def _steps(count: Any) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Constant:
-    """The peak learning rate throughout (fairseq ``--lr-scheduler fixed``)."""
+class Schedule:
+    """A learning-rate schedule: :meth:`learning_rate` from the peak, the run's steps per epoch and total steps;
+    :meth:`b1` an Adam β1 schedule where the schedule cycles it (else None)."""
 
-    def learning_rate(self, peak: float, steps_per_epoch: int | None, total_steps: int) -> Schedule | float:
-        return peak
+    def learning_rate(self, peak: float, steps_per_epoch: int | None, total_steps: int) -> ScheduleFn | float:
+        raise NotImplementedError
 
-    def b1(self, b1: float, steps_per_epoch: int | None, total_steps: int) -> Schedule | None:
+    def b1(self, b1: float, steps_per_epoch: int | None, total_steps: int) -> ScheduleFn | None:
         return None
 
 
 @dataclasses.dataclass(frozen=True)
-class StepLR(Constant):
+class Constant(Schedule):
+    """The peak learning rate throughout (fairseq ``--lr-scheduler fixed``)."""
+
+    def learning_rate(self, peak, steps_per_epoch, total_steps):
+        return peak
+
+
+@dataclasses.dataclass(frozen=True)
+class StepLR(Schedule):
     """torch ``StepLR`` stepped once per epoch: ``peak·gamma^floor(epoch / step_epochs)``."""
 
     step_epochs: int = 20
@@ -70,7 +79,7 @@ class StepLR(Constant):
 
 
 @dataclasses.dataclass(frozen=True)
-class PolynomialDecay(Constant):
+class PolynomialDecay(Schedule):
     """fairseq ``polynomial_decay``: ``peak·max(t, 1)/warmup`` while ``t <= warmup_steps``, then from ``peak`` to
     ``end_learning_rate`` at the last update along ``(1 − progress)^power``. (fairseq sets the lr to peak/warmup
     before the first update and recomputes it after each one, so updates 1 and 2 both run at peak/warmup.)"""
@@ -93,7 +102,7 @@ class PolynomialDecay(Constant):
 
 
 @dataclasses.dataclass(frozen=True)
-class InverseSqrt(Constant):
+class InverseSqrt(Schedule):
     """fairseq ``inverse_sqrt``: linear warmup from ``warmup_init_lr`` (fairseq's default −1 means 0, so the
     first update has lr 0) to ``peak`` over ``warmup_steps``, then ``peak·sqrt(warmup_steps / t)``."""
 
@@ -114,7 +123,7 @@ class InverseSqrt(Constant):
 
 
 @dataclasses.dataclass(frozen=True)
-class OneCycle(Constant):
+class OneCycle(Schedule):
     """torch ``OneCycleLR`` (two phases) with its β1 cycling (``cycle_momentum``; Adam's β1 is the momentum).
     ``per_epoch`` (SMC-Bench's protein recipe: built with ``steps_per_epoch=1, epochs=E`` and stepped once per
     epoch) holds each value for a whole epoch and spans ``epochs`` epochs (``None``: the run's); otherwise it
@@ -175,7 +184,7 @@ class OneCycle(Constant):
 
 
 @dataclasses.dataclass(frozen=True)
-class WarmupCosine(Constant):
+class WarmupCosine(Schedule):
     """Linear warmup from 0 over ``warmup_steps``, then cosine decay to ``end_learning_rate`` at the last update."""
 
     warmup_steps: int = 0
@@ -221,14 +230,14 @@ class Optimizer:
     eps: float = 1e-8
     weight_decay: float = 0.0
     clip_norm: float = 0.0
-    schedule: Constant = Constant()
+    schedule: Schedule = Constant()
     groups: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     group_patterns: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"Optimizer.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if not isinstance(self.schedule, Constant):
+        if not isinstance(self.schedule, Schedule):
             raise ValueError(f"Optimizer.schedule must be a schedule (@StepLR(), @PolynomialDecay(), ...), "
                              f"got {self.schedule!r}")
         for group, settings in dict(self.groups).items():

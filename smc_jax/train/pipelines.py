@@ -238,7 +238,8 @@ def cv_summary(folds: list[dict]) -> dict:
     return {**first, "fold": "all", "num_eval": n,
             "reported": sum(f["reported"] * f["num_eval"] for f in folds) / n,
             **{key: average(key) for key in ("selected", "best", "final") if first.get(key) is not None},
-            "selected_step": None, "best_step": None, "actual_sparsity": sum(f["actual_sparsity"] for f in folds) / len(folds),
+            "selected_step": None, "best_step": None,
+            "actual_sparsity": sum(f["actual_sparsity"] for f in folds) / len(folds),
             "wall_time_s": sum(f["wall_time_s"] for f in folds), **rates, "per_leaf_sparsity": per_leaf,
             "folds": folds}
 

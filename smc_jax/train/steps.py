@@ -146,8 +146,8 @@ def train_step(task: Task, tx: optax.GradientTransformation, split: bool | None 
 
 
 def evaluator(task: Task) -> Callable[..., dict[str, Any]]:
-    """``(params, partitioner=None) -> task.compute_metrics(outputs)``: :meth:`Task.eval_step` jitted (one program per chunk shape)
-    and run on every chunk of every evaluation set with the batch split by rows on the params' mesh, every call
+    """``(params, partitioner=None) -> task.compute_metrics(outputs)``: :meth:`Task.eval_step` jitted (one program
+    per chunk shape) and run on every chunk of every evaluation set, the batch split by rows on the mesh, every call
     dispatched before any output is read; outputs gathered to the host, trimmed to the real rows and
     concatenated per set. Without a partitioner, every local device on ``data``."""
     step = jax.jit(task.eval_step)
@@ -158,7 +158,8 @@ def evaluator(task: Task) -> Callable[..., dict[str, Any]]:
                    for name, chunks in task.eval_sets().items()}
         outputs = {}
         for name, parts in pending.items():
-            host = [jax.tree.map(lambda x, n=count: np.asarray(x)[:n], partitioner.to_host(out)) for count, out in parts]
+            host = [jax.tree.map(lambda x, n=count: np.asarray(x)[:n], partitioner.to_host(out))
+                    for count, out in parts]
             outputs[name] = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *host)
         return task.compute_metrics(outputs)
 

@@ -193,6 +193,17 @@ def fit(task: Task, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, 
     title = f"[{task.name}{'' if task.fold is None else f' fold {task.fold}'} {algorithm.name}]"
     progress = Progress(config.progress if main else "off", total, title)
     epochs_of = (lambda s: -(-s // spe)) if spe else (lambda s: None)
+
+    def epoch_field(at: int) -> dict[str, int]:
+        """``{'epoch': e}`` for an event at step ``at``; nothing on a stream without epochs."""
+        epoch = epochs_of(at)
+        return {} if epoch is None else {"epoch": epoch}
+
+    def sparsity_now() -> tuple[PyTree, dict[str, Any], dict[str, Any]]:
+        """The current masks on the host, their sparsity report and the algorithm's scalars."""
+        masks_now = partitioner.to_host(sp.get_masks(state["opt_state"]))
+        algo_state = partitioner.to_host(sp.get_sparse_state(state["opt_state"]).algorithm_state)
+        return masks_now, sp.sparsity_report(masks_now), algo_state
     if restored is not None and main:  # always said, even with progress off
         print(f"{title} resumed from step {step} (stream at {stream.state()}) in {workdir}", file=sys.stderr,
               flush=True)
@@ -200,9 +211,7 @@ def fit(task: Task, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, 
     pending: list[jax.Array] = []
 
     def summary(diverged_step: int | None = None) -> dict[str, Any]:
-        masks_now = partitioner.to_host(sp.get_masks(state["opt_state"]))
-        current = sp.sparsity_report(masks_now)
-        algo_state = partitioner.to_host(sp.get_sparse_state(state["opt_state"]).algorithm_state)
+        masks_now, current, algo_state = sparsity_now()
         target = float(getattr(algorithm, "sparsity", 0.0)) if target_sparsity is None else float(target_sparsity)
         selected = meta["selected"]
         out = {
@@ -241,10 +250,8 @@ def fit(task: Task, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, 
         eval_started = time.perf_counter()
         result = evaluate_params(state["params"], partitioner)
         eval_time = time.perf_counter() - eval_started
-        current = sp.sparsity_report(partitioner.to_host(sp.get_masks(state["opt_state"])))
-        algo_state = partitioner.to_host(sp.get_sparse_state(state["opt_state"]).algorithm_state)
-        epoch = epochs_of(step)
-        event = {"event": "eval", "step": step, **({} if epoch is None else {"epoch": epoch}), **result,
+        _, current, algo_state = sparsity_now()
+        event = {"event": "eval", "step": step, **epoch_field(step), **result,
                  "sparsity": current["global"], **{k: float(v) for k, v in algo_state.items()},
                  "eval_time_s": eval_time}
         append_event(metrics_path, event)
@@ -252,7 +259,7 @@ def fit(task: Task, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, 
                                   for k, v in event.items() if k != "event"))
         if selection.update(step, result):
             checkpoints.save_best(step, {"params": state["params"], "masks": sp.get_masks(state["opt_state"])},
-                                  {"step": step, **({} if epoch is None else {"epoch": epoch}), **result})
+                                  {"step": step, **epoch_field(step), **result})
         meta.update(stream=stream.state(), step=step)
         meta["wall_time_s"] += time.perf_counter() - started
         started = time.perf_counter()
@@ -269,11 +276,9 @@ def fit(task: Task, algorithm: sp.Algorithm, workdir: str | Path, *, seed: int, 
                 check_finite(losses, step - len(losses))
                 pending = []
                 rate = (step - first) / max(time.perf_counter() - train_started, 1e-9)
-                epoch = epochs_of(step)
-                append_event(metrics_path, {"event": "train", "step": step,
-                                            **({} if epoch is None else {"epoch": epoch}),
+                append_event(metrics_path, {"event": "train", "step": step, **epoch_field(step),
                                             "loss": float(losses.mean()), "steps_per_s": rate})
-                shown = {} if epoch is None else {"epoch": f"{epoch}/{epochs_of(total)}"}
+                shown = {k: f"{v}/{epochs_of(total)}" for k, v in epoch_field(step).items()}
                 progress.update(step, {**shown, "loss": f"{losses.mean():.4f}", "it/s": f"{rate:.1f}"})
             epoch_end = spe is not None and step % spe == 0
             if (step == total or (config.eval_at_epoch_end and epoch_end)

@@ -211,8 +211,7 @@ class ArithmeticTask(TaskBase):
 
     # ------------------------------------------------------------------ model
     def init_params(self, key: jax.Array) -> PyTree:
-        batch = self.make_train_batch(range(min(self.batch_size, len(self.train))))
-        params = nn.meta.unbox(self.model.init(key, jax.tree.map(jnp.asarray, batch)))["params"]
+        params = nn.meta.unbox(self.model.init(key, self._example_batch()))["params"]
         if self.pretrained_params is not None:  # the checkpoint's weights replace the random ones
             name = self.pretrained_name
             fresh, loaded = jax.tree.map(jnp.shape, params[name]), jax.tree.map(jnp.shape, self.pretrained_params)
@@ -221,8 +220,12 @@ class ArithmeticTask(TaskBase):
             params = {**params, name: jax.tree.map(jnp.asarray, self.pretrained_params)}
         return params
 
+    def _example_batch(self) -> dict[str, jax.Array]:
+        """The first training examples as one batch: the shapes ``init`` traces."""
+        return jax.tree.map(jnp.asarray, self.make_train_batch(range(min(self.batch_size, len(self.train)))))
+
     def _trace_param_axes(self) -> PyTree:
-        batch = jax.tree.map(jnp.asarray, self.make_train_batch(range(min(self.batch_size, len(self.train)))))
+        batch = self._example_batch()
         return nn.get_partition_spec(jax.eval_shape(lambda k: self.model.init(k, batch), jax.random.key(0)))["params"]
 
     @functools.cached_property
