@@ -1,4 +1,5 @@
-"""Run by test_sharded.py in a subprocess with 8 fake CPU devices: sharded and unsharded masks agree."""
+"""Run by test_sharded.py in a subprocess with 8 fake CPU devices: sharded and unsharded masks agree (every
+tie-break: the random tie order is a per-element hash, the same on any mesh)."""
 
 import json
 import sys
@@ -25,7 +26,8 @@ def shard(t, mesh, spec):
 
 
 def same(a, b):
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for (_, x), (_, y) in zip(sp.mask_items(a), sp.mask_items(b)))
+    pairs = zip(sp.mask_items(a), sp.mask_items(b))
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for (_, x), (_, y) in pairs)
 
 
 def main():
@@ -36,8 +38,13 @@ def main():
     sparse = sp.global_magnitude_masks(params, masks, 0.7)
     ops = {
         "global_magnitude": lambda p, g, m: sp.global_magnitude_masks(p, m, 0.37),
-        "snip": lambda p, g, m: sp.snip_masks(p, g, m, 0.2),
+        "snip": lambda p, g, m: sp.snip_masks(p, g, m, 0.2, seed=11),
+        "snip_position": lambda p, g, m: sp.snip_masks(p, g, m, 0.2, tie_break="position"),
+        "snip_faithful": lambda p, g, m: sp.snip_masks(p, g, m, 0.2, tie_break="faithful"),
         "rigl": lambda p, g, m: sp.rigl_update(p, g, sp.global_magnitude_masks(p, m, 0.7), jnp.float32(0.3)),
+        "rigl_float64": lambda p, g, m: sp.rigl_update(p, g, sp.global_magnitude_masks(p, m, 0.7), 0.3, seed=5),
+        "rigl_faithful": lambda p, g, m: sp.rigl_update(p, g, sp.global_magnitude_masks(p, m, 0.7), 0.3,
+                                                        tie_break="faithful"),
         "random": lambda p, g, m: sp.random_masks(jax.random.key(7), m, 0.6),
         "random_uniform": lambda p, g, m: sp.random_layerwise_masks(jax.random.key(7), m, {
             k: 0.3 for k, _ in sp.mask_items(m)}),

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import smc_jax.sparsity as sp
-from smc_jax.sparsity.criteria import sortable_key
+from smc_jax.sparsity.selection import sortable_key
 
 PARAMS = {
     "a": {"kernel": jnp.array([[0.1, -0.5], [0.3, 0.3]]), "bias": jnp.ones(2)},
@@ -53,7 +53,7 @@ def reference_topk(scores, active, k):
     ],
 )
 def test_global_magnitude_hand_computed(sparsity, expected):
-    masks = sp.global_magnitude_masks(PARAMS, sp.prunable_masks(PARAMS), sparsity)
+    masks = sp.global_magnitude_masks(PARAMS, sp.prunable_masks(PARAMS), sparsity, tie_break="position")
     assert as_list(masks) == expected
     assert masks["a"]["bias"] is None
 
@@ -82,8 +82,8 @@ def test_global_magnitude_counts_all_prunable_weights_and_keeps_a_subset_of_acti
 def test_snip_keeps_the_exact_count_when_scores_tie_at_zero():
     params = {"w": jnp.array([[1.0, 2.0, 3.0, 4.0, 5.0]]), "v": jnp.array([[1.0, 1.0, 1.0, 1.0, 1.0]])}
     grads = {"w": jnp.array([[0.0, 0.0, 1.0, 0.0, 1.0]]), "v": jnp.array([[0.0, 2.0, 0.0, 0.0, 0.0]])}
-    masks = sp.snip_masks(params, grads, sp.prunable_masks(params), 0.2)  # keep 8 of 10; 7 scores are 0
-    # Leaves in tree order (v before w). Nonzero: v[1]=2, w[2]=3, w[4]=5; then the five earliest zeros:
+    masks = sp.snip_masks(params, grads, sp.prunable_masks(params), 0.2, tie_break="position")  # keep 8 of 10
+    # 7 scores are 0. Leaves in tree order (v before w). Nonzero: v[1]=2, w[2]=3, w[4]=5; the five earliest zeros:
     # v[0], v[2], v[3], v[4], w[0].
     np.testing.assert_array_equal(np.asarray(masks["v"]), [[True, True, True, True, True]])
     np.testing.assert_array_equal(np.asarray(masks["w"]), [[True, False, True, False, True]])
@@ -129,9 +129,9 @@ def test_random_layerwise_masks_have_exact_counts():
 
 
 def test_rigl_hand_computed():
-    masks = sp.global_magnitude_masks(PARAMS, sp.prunable_masks(PARAMS), 0.5)
+    masks = sp.global_magnitude_masks(PARAMS, sp.prunable_masks(PARAMS), 0.5, tie_break="position")
     grads = {"a": {"kernel": jnp.zeros((2, 2)), "bias": jnp.ones(2)}, "b": jnp.array([[2.0, 5.0, 0.0]])}
-    out = sp.rigl_update(PARAMS, grads, masks, 0.5)
+    out = sp.rigl_update(PARAMS, grads, masks, 0.5, tie_break="position")
     # a: active {0.5 @ (0,1), 0.3 @ (1,0)}; drop ceil(0.5*2)=1, the smaller (1,0); zero grads: grow the
     # earliest inactive position (0,0). b: drop its only weight, regrow the largest |g| (index 1).
     assert as_list(out) == [[[True, True], [False, False]], [[False, True, False]]]
@@ -150,7 +150,7 @@ def test_rigl_drop_count_is_ceil():
     masks = {"w": jnp.ones((1, 10), bool)}
     grads = {"w": jnp.zeros((1, 10))}
     masks = {"w": masks["w"].at[0, :3].set(False)}  # 7 active: ceil(0.3 * 7) = 3 dropped
-    out = sp.rigl_update(params, grads, masks, 0.3)
+    out = sp.rigl_update(params, grads, masks, 0.3, tie_break="position")
     # drop 4, 5, 6 (smallest active); regrow 3 earliest inactive of {0,1,2,3,4,5}: 0, 1, 2
     np.testing.assert_array_equal(np.asarray(out["w"])[0], [1, 1, 1, 0, 0, 0, 1, 1, 1, 1])
 
@@ -162,7 +162,7 @@ def test_rigl_with_traced_drop_fraction_matches_eager():
     masks = sp.random_masks(jax.random.key(5), sp.prunable_masks(params), 0.8)
     jitted = jax.jit(sp.rigl_update)
     for fraction in (0.0, 0.013, 0.3, 0.5, 1.0):
-        eager = sp.rigl_update(params, grads, masks, fraction)
+        eager = sp.rigl_update(params, grads, masks, np.float32(fraction))
         traced = jitted(params, grads, masks, jnp.float32(fraction))
         for (_, a), (_, b), (_, m) in zip(sp.mask_items(eager), sp.mask_items(traced), sp.mask_items(masks)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -207,7 +207,7 @@ def test_global_topk_matches_the_reference_exactly(case):
     scores, active, k = case
     score_tree = {f"l{i}": jnp.asarray(s) for i, s in enumerate(scores)}
     mask_tree = {f"l{i}": jnp.asarray(a) for i, a in enumerate(active)}
-    out = sp.global_topk_masks(score_tree, mask_tree, k)
+    out = sp.global_topk_masks(score_tree, mask_tree, k, tie_break="position")
     expected = reference_topk(scores, active, k)
     for i, exp in enumerate(expected):
         np.testing.assert_array_equal(np.asarray(out[f"l{i}"]), exp)
@@ -221,7 +221,8 @@ def test_layerwise_topk_matches_the_reference_per_leaf(case, data):
     ks = [data.draw(st.integers(0, np.size(s) + 1)) for s in scores]
     score_tree = {f"l{i}": jnp.asarray(s) for i, s in enumerate(scores)}
     mask_tree = {f"l{i}": jnp.asarray(a) for i, a in enumerate(active)}
-    out = sp.layerwise_topk_masks(score_tree, mask_tree, {f"l{i}": k for i, k in enumerate(ks)})
+    out = sp.layerwise_topk_masks(score_tree, mask_tree, {f"l{i}": k for i, k in enumerate(ks)},
+                                  tie_break="position")
     for i, (s, a, k) in enumerate(zip(scores, active, ks)):
         np.testing.assert_array_equal(np.asarray(out[f"l{i}"]), reference_topk([s], [a], k)[0])
 
@@ -250,12 +251,12 @@ def test_rigl_conserves_per_leaf_density(case, fraction, seed):
     masks = {f"l{i}": jnp.asarray(a) for i, a in enumerate(active)}
     grads = {k: jax.random.normal(jax.random.fold_in(jax.random.key(seed), i), v.shape) * (i % 2)
              for i, (k, v) in enumerate(params.items())}
-    out = sp.rigl_update(params, grads, masks, fraction)
+    out = sp.rigl_update(params, grads, masks, fraction, tie_break="position")
     for key in params:
         n_on = int(masks[key].sum())
         assert int(out[key].sum()) == n_on
         # reference: drop the r smallest |w| (earliest first), grow the r largest |g| among the rest
-        r = math.ceil(fractions.Fraction(float(np.float32(fraction))) * n_on)
+        r = math.ceil(fraction * n_on)  # Python's float64 product, as SMC-Bench counts
         w, g, m = np.abs(np.asarray(params[key])), np.abs(np.asarray(grads[key])), np.asarray(masks[key])
         dropped = reference_topk([-w], [m], r)[0]
         kept = m & ~dropped

@@ -18,6 +18,7 @@ from smc_jax.sparsity.algorithms import (
     SparseAlgorithm,
     get_algorithm,
 )
+from smc_jax.sparsity.counts import Float64Bits, ceil_product, float64_bits, scaled_count
 from smc_jax.sparsity.criteria import (
     global_magnitude_masks,
     global_topk_masks,
@@ -26,7 +27,6 @@ from smc_jax.sparsity.criteria import (
     random_layerwise_masks,
     random_masks,
     rigl_update,
-    scaled_count,
     snip_masks,
     snip_scores,
 )
@@ -51,13 +51,15 @@ from smc_jax.sparsity.schedules import (
     imp_round_sparsity,
     periodic_events,
 )
+from smc_jax.sparsity.selection import TIE_BREAKS
 from smc_jax.sparsity.transform import SparseState, get_masks, get_sparse_state, sparse_optimizer
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "Dense", "GMP", "LTH", "OMPAfter", "OMPBefore", "RandomAfter", "RandomBefore",
     "RigL", "SNIP", "SparseAlgorithm", "get_algorithm",
     "global_magnitude_masks", "global_topk_masks", "layerwise_topk_masks", "magnitude_scores",
-    "random_layerwise_masks", "random_masks", "rigl_update", "scaled_count", "snip_masks", "snip_scores",
+    "random_layerwise_masks", "random_masks", "rigl_update", "snip_masks", "snip_scores", "TIE_BREAKS",
+    "Float64Bits", "ceil_product", "float64_bits", "scaled_count",
     "DISTRIBUTIONS", "erk_densities", "uniform_densities",
     "apply_masks", "check_masks", "mask_items", "mask_shapes", "num_active", "num_prunable", "path_str",
     "prunable_masks", "sparsity_report",

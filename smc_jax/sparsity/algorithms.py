@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from smc_jax.sparsity import criteria, distributions, schedules
+from smc_jax.sparsity.counts import Float64Bits, float64_bits
 from smc_jax.sparsity.masks import PyTree, apply_masks, mask_shapes, num_prunable
+from smc_jax.sparsity.selection import check_tie_break, derive_seed
 
 INITS = ("random", "snip", "omp")
 
@@ -103,14 +105,27 @@ class SparseAlgorithm(Algorithm):
       SMC-Bench keeps gradients and optimizer moments dense, SPEC §2.2).
     - ``fairseq_order``: run the mask update on the pre-update weights and gradients, before the inner
       update, as fairseq's trainer does (SPEC §2.1); the default is the arithmetic code's order.
+    - ``tie_break``: which of the weights tied at a selection threshold are kept: ``'random'`` (a seeded
+      pseudo-random subset, spread over the tied layers in proportion to their tied counts), ``'position'``
+      (the earliest, in leaf-path order: layer densities then depend on parameter names) or ``'faithful'``
+      (SMC-Bench's strict threshold; see :mod:`smc_jax.sparsity.selection`).
+    - ``tie_seed``: the seed of the random tie order; ``None`` takes the run's seed (the training pipelines
+      fill it in), 0 when called directly. Mask updates mix in the step, LTH rounds the round.
     """
 
     sparsity: float = 0.5
     mask_gradients: bool = False
     fairseq_order: bool = False
+    tie_break: str = "random"
+    tie_seed: int | None = None
 
     def __post_init__(self):
         _check_fraction("sparsity", float(self.sparsity), high_open=True)
+        check_tie_break(self.tie_break)
+
+    def ties(self, *salts: Any) -> dict[str, Any]:
+        """The ``tie_break``/``seed`` arguments of the criteria, the seed mixed with ``salts`` (a step)."""
+        return {"tie_break": self.tie_break, "seed": derive_seed(self.tie_seed or 0, *salts)}
 
 
 def _random_init(masks: PyTree, sparsity: float, key: jax.Array | None, distribution: str,
@@ -127,10 +142,10 @@ def _random_init(masks: PyTree, sparsity: float, key: jax.Array | None, distribu
     return criteria.random_layerwise_masks(key, masks, densities)
 
 
-def _snip_init(params: PyTree, masks: PyTree, sparsity: float, grads: PyTree | None) -> PyTree:
+def _snip_init(params: PyTree, masks: PyTree, sparsity: float, grads: PyTree | None, ties: dict) -> PyTree:
     if grads is None:
         raise ValueError("SNIP needs the gradients of one batch: pass grads=jax.grad(loss)(params, batch)")
-    return criteria.snip_masks(params, grads, masks, sparsity)
+    return criteria.snip_masks(params, grads, masks, sparsity, **ties)
 
 
 def _check_distribution(distribution: str) -> None:
@@ -145,7 +160,7 @@ class _GlobalMagnitude(SparseAlgorithm):
     """One-shot global magnitude pruning of the weights ``init_masks`` is given."""
 
     def init_masks(self, params, masks, *, key=None, grads=None):
-        return criteria.global_magnitude_masks(params, masks, self.sparsity)
+        return criteria.global_magnitude_masks(params, masks, self.sparsity, **self.ties(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +221,7 @@ class SNIP(SparseAlgorithm):
         return True
 
     def init_masks(self, params, masks, *, key=None, grads=None):
-        return _snip_init(params, masks, self.sparsity, grads)
+        return _snip_init(params, masks, self.sparsity, grads, self.ties(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +284,8 @@ class LTH(SparseAlgorithm):
         """Masks of round ``round_index`` from the previous round's trained ``params`` and ``masks``."""
         if round_index < 1:
             raise ValueError(f"IMP rounds to prune start at 1, got {round_index}")
-        return criteria.global_magnitude_masks(params, masks, self.round_sparsity(round_index))
+        return criteria.global_magnitude_masks(params, masks, self.round_sparsity(round_index),
+                                               **self.ties(-round_index))
 
     def start_params(self, initial_params: PyTree, trained_params: PyTree, masks: PyTree) -> PyTree:
         """The weights a round trains from: the rewound initial weights (or the trained ones), masked."""
@@ -327,7 +343,7 @@ class GMP(SparseAlgorithm):
         events, _, keep = self._schedule(num_prunable(masks), total_steps)
         _, index = schedules.event_index(step, events)
         scores = criteria.magnitude_scores(params, masks)
-        return criteria.global_topk_masks(scores, masks, jnp.asarray(keep)[index])
+        return criteria.global_topk_masks(scores, masks, jnp.asarray(keep)[index], **self.ties(step))
 
     def next_state(self, step, state, total_steps):
         events, targets, _ = self._schedule(0, total_steps)
@@ -391,14 +407,21 @@ class RigL(SparseAlgorithm):
 
     def init_masks(self, params, masks, *, key=None, grads=None):
         if self.init == "snip":
-            return _snip_init(params, masks, self.sparsity, grads)
+            return _snip_init(params, masks, self.sparsity, grads, self.ties(0))
         if self.init == "omp":
-            return criteria.global_magnitude_masks(params, masks, self.sparsity)
+            return criteria.global_magnitude_masks(params, masks, self.sparsity, **self.ties(0))
         return _random_init(masks, self.sparsity, key, self.distribution, self.erk_power_scale)
 
     def drop_fraction_at(self, step: Any, total_steps: int) -> Any:
-        """The cosine drop fraction at ``step``."""
+        """The cosine drop fraction at ``step`` (float64 for a Python step, float32 for a traced one)."""
         return schedules.cosine_drop_fraction(step, total_steps, self.drop_fraction, self.final_drop_fraction)
+
+    def _drop_fractions(self, step: jax.Array, total_steps: int) -> Float64Bits:
+        """The float64 drop fraction of the update at ``step``, computed on the host for every update step."""
+        events = self.update_steps(total_steps)
+        table = float64_bits(np.array([self.drop_fraction_at(t, total_steps) for t in events] or [0.0]))
+        _, index = schedules.event_index(step, events)
+        return Float64Bits(table.hi[index], table.lo[index])
 
     def init_state(self, masks, total_steps):
         return {"drop_fraction": jnp.asarray(self.drop_fraction, jnp.float32)}
@@ -410,7 +433,8 @@ class RigL(SparseAlgorithm):
         return (step % self.update_frequency == 0) & (step <= int(total_steps * self.end_fraction))
 
     def mask_update(self, step, params, grads, masks, total_steps):
-        return criteria.rigl_update(params, grads, masks, self.drop_fraction_at(step, total_steps))
+        return criteria.rigl_update(params, grads, masks, self._drop_fractions(step, total_steps),
+                                    **self.ties(step))
 
     def next_state(self, step, state, total_steps):
         return {"drop_fraction": jnp.asarray(self.drop_fraction_at(step, total_steps), jnp.float32)}

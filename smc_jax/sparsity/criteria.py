@@ -1,126 +1,34 @@
-"""Scores and exact top-k selection: magnitude, random, SNIP |w·g|, gradient growth; global and per-layer.
+"""Scores and mask criteria: magnitude, random, SNIP |w·g|, RigL's drop and grow; global and per-layer.
 
-Every selection keeps an exact number of weights. The k-th largest score is found by counting, never by
-sorting: scores map to order-preserving ``uint32`` keys, a 16-bit radix select builds two histograms
-(per leaf, summed over leaves), and a tie pass keeps the first tied positions in (leaf order, row-major)
-order. Each step is an elementwise map or a reduction, so under ``jax.jit`` a sharded tree stays sharded
-(the per-device histograms are summed; no device gathers a parameter).
+Every selection keeps an exact number of weights (:mod:`smc_jax.sparsity.selection`: counting, no sort, the
+sharding of the tree kept). Positions tied at the threshold are kept by ``tie_break``: ``'random'`` (the
+default: a seeded hash order over global positions, ``seed`` a Python int or a traced integer),
+``'position'`` (the earliest, leaf order then row-major) or ``'faithful'`` (SMC-Bench's strict threshold:
+a tie group that does not fit whole is dropped, so the count can fall short).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
+from smc_jax.sparsity.counts import Float64Bits, ceil_product, float64_bits, scaled_count
 from smc_jax.sparsity.masks import PyTree, _is_none, check_masks, map_masked, num_prunable, path_str
+from smc_jax.sparsity.selection import (
+    check_tie_break,
+    derive_seed,
+    leaf_salt,
+    select_top,
+    sortable_key,
+    tie_order,
+)
 
-_DIGIT_BITS = 16
-_NUM_BINS = 1 << _DIGIT_BITS
 _MAX_COUNT = 2**32 - 1
-
-
-# ----------------------------------------------------------------------------------------- keys
-
-
-def sortable_key(x: jax.Array) -> jax.Array:
-    """Map floats to ``uint32`` keys with the same order (computed in float32; -0.0 ties with 0.0, NaN sorts
-    above +inf)."""
-    bits = lax.bitcast_convert_type(jnp.asarray(x, jnp.float32), jnp.uint32)
-    bits = jnp.where(bits == jnp.uint32(0x80000000), jnp.uint32(0), bits)  # -0.0 -> +0.0 (no float compare:
-    # XLA's CPU backend flushes denormals to zero in float ops, which would tie them with 0)
-    negative = (bits >> 31).astype(bool)
-    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
-
-
-def _first_positions_key(shape: tuple[int, ...]) -> jax.Array:
-    """``size - 1 - flat_index``: larger for earlier row-major positions, built without a reshape."""
-    flat = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for dim in reversed(range(len(shape))):
-        flat = flat + lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride)
-        stride *= shape[dim]
-    return jnp.uint32(max(stride - 1, 0)) - flat
-
-
-# ------------------------------------------------------------------------------ exact selection
-
-
-def _histograms(digits: list[jax.Array]) -> jax.Array:
-    """``[leaves, _NUM_BINS]`` uint32 counts of each leaf's int32 digits (the digit _NUM_BINS is not counted)."""
-    rows = [
-        jnp.zeros(_NUM_BINS + 1, jnp.int32).at[d].add(1, mode="promise_in_bounds")[:_NUM_BINS] for d in digits
-    ]
-    return jnp.stack(rows).astype(jnp.uint32)
-
-
-def _pick_bins(hists: jax.Array, k: jax.Array, per_leaf: bool) -> tuple[jax.Array, jax.Array]:
-    """From per-leaf histograms ``[L, B]``: per leaf, the largest bin b with at least ``k`` counts at or above
-    it (0 when there is none), over each leaf (``per_leaf``, k of shape [L]) or over all leaves summed
-    (k of shape [1], b broadcast); and the per-leaf counts strictly above b."""
-    counts = hists if per_leaf else hists.sum(axis=0, keepdims=True, dtype=jnp.uint32)
-    at_or_above = jnp.cumsum(counts[:, ::-1], axis=1, dtype=jnp.uint32)[:, ::-1]
-    b = jnp.maximum(jnp.sum(at_or_above >= k[:, None], axis=1, dtype=jnp.int32) - 1, 0)
-    b = jnp.broadcast_to(b, hists.shape[:1])
-    above = jnp.sum(jnp.where(jnp.arange(_NUM_BINS) > b[:, None], hists, 0), axis=1, dtype=jnp.uint32)
-    return b, above
-
-
-def _select_top(
-    keys: list[jax.Array], valid: list[jax.Array], k: jax.Array, per_leaf: bool = False, unique: bool = False
-) -> list[jax.Array]:
-    """Bool masks keeping the valid positions with the largest keys: exactly ``min(k, #valid)`` of them over
-    all leaves, or with ``per_leaf`` exactly ``min(k[i], #valid in leaf i)`` in each leaf i.
-
-    Ties at the threshold go to the earliest positions (leaf order, then row-major). ``unique=True``
-    promises distinct keys among the valid positions (per leaf with ``per_leaf``) and skips the tie pass.
-    Per-leaf work is one histogram per pass and the final elementwise masks; the bookkeeping runs on
-    ``[leaves, bins]`` arrays, which keeps compile time linear in the number of leaves.
-    """
-    n = len(keys)
-    k = jnp.broadcast_to(jnp.asarray(k, jnp.uint32), (n,) if per_leaf else (1,))
-    hi = [jnp.where(v, (key >> _DIGIT_BITS).astype(jnp.int32), _NUM_BINS) for key, v in zip(keys, valid)]
-    b_hi, above_hi = _pick_bins(_histograms(hi), k, per_leaf)
-    lo = [
-        jnp.where(v & ((key >> _DIGIT_BITS).astype(jnp.int32) == b_hi[i]),
-                  (key & jnp.uint32(_NUM_BINS - 1)).astype(jnp.int32), _NUM_BINS)
-        for i, (key, v) in enumerate(zip(keys, valid))
-    ]
-    hist_lo = _histograms(lo)
-    b_lo, above_lo = _pick_bins(hist_lo, k - (above_hi if per_leaf else above_hi.sum(keepdims=True)), per_leaf)
-    tau = (b_hi.astype(jnp.uint32) << _DIGIT_BITS) | b_lo.astype(jnp.uint32)  # [L]
-    above = above_hi + above_lo  # [L]: count(key > tau) per leaf
-    ties = hist_lo[jnp.arange(n), b_lo]  # [L]: count(key == tau) per leaf
-    # count(key > tau) < k unless k > #valid, so nothing underflows; keep `take` ties per leaf.
-    if per_leaf:
-        take = jnp.minimum(k - above, ties)
-    else:
-        need = jnp.minimum(k[0] - above.sum(dtype=jnp.uint32), ties.sum(dtype=jnp.uint32))
-        before = jnp.cumsum(ties, dtype=jnp.uint32) - ties
-        take = jnp.clip(need - jnp.minimum(before, need), 0, ties)  # the first `need` ties in leaf order
-
-    strict = [v & (key > tau[i]) for i, (key, v) in enumerate(zip(keys, valid))]
-    at_tau = [v & (key == tau[i]) for i, (key, v) in enumerate(zip(keys, valid))]
-    if unique:  # at most one valid key per leaf (per tree without per_leaf) equals tau
-        return [s | (t & (take[i] > 0)) for i, (s, t) in enumerate(zip(strict, at_tau))]
-    partial = (take > 0) & (take < ties)
-
-    full = [a & (take[i] == ties[i]) for i, a in enumerate(at_tau)]  # leaves that keep all their ties
-
-    def with_earliest_ties():
-        # Also keep the first `take` ties by row-major position in the leaves that keep part of their ties
-        # (only the boundary leaf for a global selection). One cond for the whole tree.
-        candidates = [t & partial[i] for i, t in enumerate(at_tau)]
-        positions = [_first_positions_key(t.shape) for t in at_tau]
-        chosen = _select_top(positions, candidates, jnp.where(partial, take, 0), per_leaf=True, unique=True)
-        return [f | c for f, c in zip(full, chosen)]
-
-    kept_ties = lax.cond(partial.any(), with_earliest_ties, lambda: full)
-    return [s | t for s, t in zip(strict, kept_ties)]
 
 
 def _check_total(n: int) -> int:
@@ -138,50 +46,6 @@ def _check_sparsity(sparsity: Any) -> None:
         value = float(np.asarray(sparsity))
         if not 0.0 <= value < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {value}")
-
-
-def scaled_count(fraction: Any, n: Any, ceil: bool = False) -> jax.Array:
-    """``floor`` (or ``ceil``) of ``fraction · n`` computed exactly for a float32 fraction in [0, 1].
-
-    ``n`` is a (traced) count below 2**32. The product is formed in 64-bit integer arithmetic emulated
-    with uint32 limbs, so the result is exact under ``jax.jit`` without float64 (float32 products of
-    counts above 2**24 would be off by one).
-    """
-    n = jnp.asarray(n, jnp.uint32)
-    bits = lax.bitcast_convert_type(jnp.asarray(fraction, jnp.float32), jnp.uint32)
-    # Clip to [0, 1] on the bits (float ops would flush denormals to 0): negative -> 0, > 1 -> 1.
-    bits = jnp.where((bits >> 31) == 1, jnp.uint32(0), jnp.minimum(bits, jnp.uint32(0x3F800000)))
-    exponent = (bits >> 23) & jnp.uint32(0xFF)
-    mantissa = (bits & jnp.uint32(0x7FFFFF)) | jnp.where(exponent > 0, jnp.uint32(0x800000), jnp.uint32(0))
-    shift = jnp.uint32(150) - jnp.maximum(exponent, jnp.uint32(1))  # f = mantissa · 2**-shift, shift >= 23
-
-    m1, m0 = mantissa >> 16, mantissa & jnp.uint32(0xFFFF)
-    n1, n0 = n >> 16, n & jnp.uint32(0xFFFF)
-    high, low = m1 * n1, m0 * n0
-    for mid in (m1 * n0, m0 * n1):  # add mid · 2**16 to the (high, low) pair
-        new_low = low + (mid << 16)
-        high = high + (mid >> 16) + (new_low < low).astype(jnp.uint32)
-        low = new_low
-
-    def shl(x, s):  # x << s with s in [0, 32]; 0 for s == 32
-        return jnp.where(s >= 32, jnp.uint32(0), x << jnp.minimum(s, 31))
-
-    def low_bits(x, s):  # x & (2**s - 1) with s in [0, 32]
-        return jnp.where(s >= 32, x, x & (shl(jnp.uint32(1), s) - jnp.uint32(1)))
-
-    small = shift < 32  # 23 <= shift < 32
-    s_small = jnp.minimum(shift, 31)
-    q_small = shl(high, 32 - s_small) | (low >> s_small)
-    r_small = low_bits(low, s_small) != 0
-    mid_range = (shift >= 32) & (shift < 64)
-    s_mid = jnp.clip(shift, 32, 63) - 32
-    q_mid = high >> s_mid
-    r_mid = (low != 0) | (low_bits(high, s_mid) != 0)
-    quotient = jnp.where(small, q_small, jnp.where(mid_range, q_mid, jnp.uint32(0)))
-    remainder = jnp.where(small, r_small, jnp.where(mid_range, r_mid, (high | low) != 0))
-    if ceil:
-        quotient = quotient + remainder.astype(jnp.uint32)
-    return quotient
 
 
 def _keep_count(sparsity: Any, n: int) -> Any:
@@ -211,51 +75,88 @@ def snip_scores(params: PyTree, grads: PyTree, masks: PyTree) -> PyTree:
 # ---------------------------------------------------------------------------------- selections
 
 
-@jax.jit
-def _global_select(keys: PyTree, masks: PyTree, k: jax.Array) -> PyTree:
-    return _per_leaf(lambda m, key: _select_top(key, m, k), masks, keys)
+def _per_leaf(fn, masks: PyTree, *trees: PyTree) -> PyTree:
+    """Apply ``fn(mask_leaves, *tree_leaves) -> new mask leaves`` to the prunable leaves of a tree."""
+    leaves, treedef = jax.tree.flatten(masks, is_leaf=_is_none)
+    index = [i for i, m in enumerate(leaves) if m is not None]
+    others = [jax.tree.leaves(t, is_leaf=_is_none) for t in trees]
+    for i, new in zip(index, fn([leaves[i] for i in index], *[[o[i] for i in index] for o in others])):
+        leaves[i] = new
+    return jax.tree.unflatten(treedef, leaves)
 
 
-def global_topk_masks(scores: PyTree, masks: PyTree, k: Any) -> PyTree:
-    """Masks keeping exactly ``min(k, #active)`` active positions with the largest scores, over all leaves.
+def _salts(masks: PyTree) -> PyTree:
+    """Each prunable leaf's hash salt (from its path), ``None`` elsewhere."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(masks, is_leaf=_is_none)
+    return jax.tree.unflatten(
+        treedef, [None if m is None else jnp.uint32(leaf_salt(path_str(p))) for p, m in leaves])
 
-    Kept positions are a subset of ``masks``; ties go to the earliest positions (leaf order, row-major).
+
+def _orders(masks: list[jax.Array], salts: list[jax.Array], seed: jax.Array):
+    """The ``tie_keys`` callable of :func:`select_top`: each leaf's hash order under ``seed``."""
+    return lambda: [tie_order(m.shape, s, seed) for m, s in zip(masks, salts)]
+
+
+def _seed(seed: Any) -> jax.Array:
+    return derive_seed(seed)
+
+
+@functools.partial(jax.jit, static_argnames=("per_leaf", "tie_break"))
+def _select(keys: PyTree, masks: PyTree, k: Any, salts: PyTree, seed: jax.Array, *, per_leaf: bool,
+            tie_break: str) -> PyTree:
+    def fn(m, key, salt, *ks):
+        count = jnp.stack(ks[0]) if per_leaf else k
+        return select_top(key, m, count, per_leaf=per_leaf, tie_break=tie_break, tie_keys=_orders(m, salt, seed))
+
+    return _per_leaf(fn, masks, keys, salts, *((k,) if per_leaf else ()))
+
+
+def global_topk_masks(scores: PyTree, masks: PyTree, k: Any, *, tie_break: str = "random", seed: Any = 0) -> PyTree:
+    """Masks keeping ``min(k, #active)`` active positions with the largest scores, over all leaves.
+
+    Kept positions are a subset of ``masks``; ties at the threshold by ``tie_break`` (``'faithful'`` can keep
+    fewer).
     """
     check_masks(scores, masks, what="scores")
+    check_tie_break(tie_break)
     n = _check_total(num_prunable(masks))
     if _is_concrete(k):
         if int(k) < 0:
             raise ValueError(f"k must be >= 0, got {int(k)}")
         k = min(int(k), n)
     keys = map_masked(lambda m, s: sortable_key(s), masks, scores)
-    return _global_select(keys, masks, jnp.asarray(k, jnp.uint32))
+    return _select(keys, masks, jnp.asarray(k, jnp.uint32), _salts(masks), _seed(seed), per_leaf=False,
+                   tie_break=tie_break)
 
 
-def global_magnitude_masks(params: PyTree, masks: PyTree, sparsity: Any) -> PyTree:
+def global_magnitude_masks(params: PyTree, masks: PyTree, sparsity: Any, *, tie_break: str = "random",
+                           seed: Any = 0) -> PyTree:
     """One global magnitude threshold (SMC-Bench ``one_shot_gm``, OMP/GMP/IMP).
 
     Keeps exactly ``int(N·(1−sparsity))`` of the largest ``|w|``, N = all prunable weights (active or
-    not); kept weights are a subset of ``masks`` (so fewer are kept when fewer are active); ties are broken
-    by position. The original's strict ``|w| > τ`` with τ the k-th largest keeps k−1 (one too few); this is
-    the documented fix.
+    not); kept weights are a subset of ``masks`` (so fewer are kept when fewer are active); ties by
+    ``tie_break``. The original's strict ``|w| > τ`` with τ the k-th largest keeps k−1 (one too few); this
+    is the documented fix (``'faithful'`` drops a straddling tie group but keeps k when there is none).
     """
     check_masks(params, masks)
     _check_sparsity(sparsity)
     k = _keep_count(sparsity, num_prunable(masks))
-    return global_topk_masks(magnitude_scores(params, masks), masks, k)
+    return global_topk_masks(magnitude_scores(params, masks), masks, k, tie_break=tie_break, seed=seed)
 
 
-def snip_masks(params: PyTree, grads: PyTree, masks: PyTree, sparsity: Any) -> PyTree:
+def snip_masks(params: PyTree, grads: PyTree, masks: PyTree, sparsity: Any, *, tie_break: str = "random",
+               seed: Any = 0) -> PyTree:
     """SNIP: the global rule of :func:`global_magnitude_masks` on ``|w · g|``.
 
-    Exactly ``int(N·(1−sparsity))`` weights are kept even when many scores tie at zero; the original's
-    strict threshold drops every tied zero and overshoots the target (SPEC Q-A4: 0.2 became 0.287).
+    Exactly ``int(N·(1−sparsity))`` weights are kept even when many scores tie at zero, the tied ones a
+    seeded random subset by default; ``tie_break='faithful'`` is the original's strict threshold, which
+    drops every tied zero and overshoots the target (SPEC Q-A4: 0.2 became 0.287).
     """
     check_masks(params, masks)
     check_masks(grads, masks, what="grads")
     _check_sparsity(sparsity)
     k = _keep_count(sparsity, num_prunable(masks))
-    return global_topk_masks(snip_scores(params, grads, masks), masks, k)
+    return global_topk_masks(snip_scores(params, grads, masks), masks, k, tie_break=tie_break, seed=seed)
 
 
 def _leaf_keys(key: jax.Array, masks: PyTree) -> PyTree:
@@ -278,29 +179,7 @@ def random_masks(key: jax.Array, masks: PyTree, sparsity: Any) -> PyTree:
     )
 
 
-def _per_leaf(fn, masks: PyTree, *trees: PyTree) -> PyTree:
-    """Apply ``fn(mask_leaves, *tree_leaves) -> new mask leaves`` to the prunable leaves of a tree."""
-    leaves, treedef = jax.tree.flatten(masks, is_leaf=_is_none)
-    index = [i for i, m in enumerate(leaves) if m is not None]
-    others = [jax.tree.leaves(t, is_leaf=_is_none) for t in trees]
-    for i, new in zip(index, fn([leaves[i] for i in index], *[[o[i] for i in index] for o in others])):
-        leaves[i] = new
-    return jax.tree.unflatten(treedef, leaves)
-
-
-@jax.jit
-def _layerwise_select(keys: PyTree, masks: PyTree, ks: PyTree) -> PyTree:
-    return _per_leaf(lambda m, key, k: _select_top(key, m, jnp.stack(k), per_leaf=True), masks, keys, ks)
-
-
-def layerwise_topk_masks(scores: PyTree, masks: PyTree, ks: PyTree) -> PyTree:
-    """Per leaf, keep exactly ``min(k_leaf, #active)`` active positions with the largest scores.
-
-    ``ks`` is a tree like ``masks`` holding a count per prunable leaf.
-    """
-    check_masks(scores, masks, what="scores")
-    _check_total(num_prunable(masks))
-
+def _leaf_counts(masks: PyTree, ks: PyTree) -> PyTree:
     def count(mask, k):
         if not _is_concrete(k):
             return jnp.asarray(k, jnp.uint32)
@@ -308,8 +187,19 @@ def layerwise_topk_masks(scores: PyTree, masks: PyTree, ks: PyTree) -> PyTree:
             raise ValueError(f"k must be >= 0, got {int(k)}")
         return jnp.uint32(min(int(k), mask.size))
 
-    ks = map_masked(count, masks, ks)
-    return _layerwise_select(map_masked(lambda m, s: sortable_key(s), masks, scores), masks, ks)
+    return map_masked(count, masks, ks)
+
+
+def layerwise_topk_masks(scores: PyTree, masks: PyTree, ks: PyTree, *, tie_break: str = "random",
+                         seed: Any = 0) -> PyTree:
+    """Per leaf, keep ``min(k_leaf, #active)`` active positions with the largest scores (ties by
+    ``tie_break``). ``ks`` is a tree like ``masks`` holding a count per prunable leaf."""
+    check_masks(scores, masks, what="scores")
+    check_tie_break(tie_break)
+    _check_total(num_prunable(masks))
+    keys = map_masked(lambda m, s: sortable_key(s), masks, scores)
+    return _select(keys, masks, _leaf_counts(masks, ks), _salts(masks), _seed(seed), per_leaf=True,
+                   tie_break=tie_break)
 
 
 def random_layerwise_masks(key: jax.Array, masks: PyTree, densities: dict[str, float]) -> PyTree:
@@ -333,37 +223,69 @@ def random_layerwise_masks(key: jax.Array, masks: PyTree, densities: dict[str, f
         ks.append(int(math.prod(m.shape) * density))
     ks = jax.tree.unflatten(treedef, ks)
     random_keys = map_masked(lambda m, k: jax.random.bits(k, m.shape, jnp.uint32), masks, _leaf_keys(key, masks))
-    return _layerwise_select(random_keys, masks, ks)
+    return _select(random_keys, masks, _leaf_counts(masks, ks), _salts(masks), _seed(0), per_leaf=True,
+                   tie_break="position")
 
 
-@jax.jit
-def _rigl(params: PyTree, grads: PyTree, masks: PyTree, drop_fraction: jax.Array) -> PyTree:
-    def update(masks, params, grads):
+@functools.partial(jax.jit, static_argnames=("tie_break",))
+def _rigl(params: PyTree, grads: PyTree, masks: PyTree, salts: PyTree, drop_fraction: Any, seed: jax.Array, *,
+          tie_break: str) -> PyTree:
+    def update(masks, params, grads, salts):
         n_on = jnp.stack([jnp.sum(m, dtype=jnp.uint32) for m in masks])
-        n_drop = scaled_count(drop_fraction, n_on, ceil=True)
+        n_drop = ceil_product(drop_fraction, n_on)
         smallest_first = [~sortable_key(jnp.abs(p.astype(jnp.float32))) for p in params]
-        dropped = _select_top(smallest_first, masks, n_drop, per_leaf=True)
-        kept = [m & ~d for m, d in zip(masks, dropped)]
         growth = [sortable_key(jnp.abs(g.astype(jnp.float32))) for g in grads]
-        grown = _select_top(growth, [~m for m in kept], n_drop, per_leaf=True)
+        if tie_break == "faithful":
+            # SMC-Bench: rank |w| over the whole tensor (inactive weights are 0 and sort first, tied with
+            # active zeros), stable order, and deactivate the first n_off + r; r = 0 keeps (w != 0).
+            sizes = jnp.asarray([m.size for m in masks], jnp.uint32)
+            first = select_top(smallest_first, [jnp.ones(m.shape, bool) for m in masks], sizes - n_on + n_drop,
+                               per_leaf=True, tie_break="position")
+            kept = [jnp.where(n_drop[i] == 0, m & (p != 0), m & ~f)
+                    for i, (m, p, f) in enumerate(zip(masks, params, first))]
+            n_grow = n_on - jnp.stack([jnp.sum(m, dtype=jnp.uint32) for m in kept])
+            grown = select_top(growth, [~m for m in kept], n_grow, per_leaf=True, tie_break="position")
+        else:
+            drop_order = _orders(masks, salts, derive_seed(seed, 1))
+            dropped = select_top(smallest_first, masks, n_drop, per_leaf=True, tie_break=tie_break,
+                                 tie_keys=drop_order)
+            kept = [m & ~d for m, d in zip(masks, dropped)]
+            grown = select_top(growth, [~m for m in kept], n_drop, per_leaf=True, tie_break=tie_break,
+                               tie_keys=_orders(masks, salts, derive_seed(seed, 2)))
         return [m | g for m, g in zip(kept, grown)]
 
-    return _per_leaf(update, masks, params, grads)
+    return _per_leaf(update, masks, params, grads, salts)
 
 
-def rigl_update(params: PyTree, grads: PyTree, masks: PyTree, drop_fraction: Any) -> PyTree:
+def rigl_update(params: PyTree, grads: PyTree, masks: PyTree, drop_fraction: Any, *, tie_break: str = "random",
+                seed: Any = 0) -> PyTree:
     """One RigL drop-and-grow step (Evci et al. 2020), per leaf.
 
-    Drop the ``ceil(drop_fraction · n_on)`` active weights with the smallest ``|w|`` (ties: earliest
-    positions first), then grow as many positions with the largest ``|g|`` among the now-inactive ones
-    (just-dropped positions are eligible; ties, e.g. zero gradients, go to the earliest positions). Every
-    leaf keeps its number of active weights: the original's growth could regrow fewer than it dropped
-    (SPEC Q-A13). ``drop_fraction`` (in [0, 1]) may be traced; the count is exact for its float32 value.
+    Drop the ``r = math.ceil(drop_fraction * n_on)`` active weights with the smallest ``|w|`` (the product
+    rounded to float64 as Python rounds it, SMC-Bench's count), then grow as many positions with the
+    largest ``|g|`` among the now-inactive ones (just-dropped positions are eligible). Every leaf keeps its
+    number of active weights: the original's growth could regrow fewer than it dropped (SPEC Q-A13).
+    Ties (equal magnitudes, zero gradients) by ``tie_break``; under ``'faithful'`` the drop ranks ``|w|``
+    over the whole tensor as the original does, so active weights that are exactly 0 tie with the inactive
+    ones and more than r of them can be dropped (and as many regrown).
+
+    ``drop_fraction`` in [0, 1]: a Python float (used in float64), a float32 array (may be traced; widened
+    exactly), or a :class:`~smc_jax.sparsity.counts.Float64Bits` (a host float64 carried on device).
     """
     check_masks(params, masks)
     check_masks(grads, masks, what="grads")
-    if _is_concrete(drop_fraction):
+    check_tie_break(tie_break)
+    if isinstance(drop_fraction, Float64Bits):
+        fraction = drop_fraction
+    elif _is_concrete(drop_fraction) and not isinstance(drop_fraction, jax.Array):
         value = float(np.asarray(drop_fraction))
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"drop_fraction must be in [0, 1], got {value}")
-    return _rigl(params, grads, masks, jnp.asarray(drop_fraction, jnp.float32))
+        fraction = float64_bits(value)
+    else:
+        if _is_concrete(drop_fraction):
+            value = float(np.asarray(drop_fraction))
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"drop_fraction must be in [0, 1], got {value}")
+        fraction = jnp.asarray(drop_fraction, jnp.float32)
+    return _rigl(params, grads, masks, _salts(masks), fraction, _seed(seed), tie_break=tie_break)

@@ -19,26 +19,33 @@ def _xp(*values: Any):
     return jnp if any(isinstance(v, jax.Array) for v in values) else np
 
 
-def _out(value: Any, xp) -> Any:
-    return float(value) if xp is np else value
-
-
 def gmp_sparsity(step: Any, final_sparsity: Any, begin_step: Any, end_step: Any) -> Any:
     """Zhu & Gupta's cubic schedule ``s_f · (1 − (1 − p)³)``, ``p = (step − begin) / (end − begin)``
-    clipped to [0, 1] (p = 1 from ``end_step`` on, also when ``end_step <= begin_step``)."""
+    clipped to [0, 1] (p = 1 from ``end_step`` on, also when ``end_step <= begin_step``). Python numbers are
+    computed in float64 (Python floats), jax arrays in float32."""
     xp = _xp(step, final_sparsity, begin_step, end_step)
+    if xp is np:
+        if step >= end_step:
+            progress = 1.0
+        else:
+            progress = min(max((step - begin_step) / max(end_step - begin_step, 1e-9), 0.0), 1.0)
+        return float(final_sparsity) * (1.0 - (1.0 - progress) ** 3)
     span = xp.maximum(xp.asarray(end_step, xp.float32) - begin_step, 1e-9)
     progress = xp.clip((xp.asarray(step, xp.float32) - begin_step) / span, 0.0, 1.0)
     progress = xp.where(xp.asarray(step) >= end_step, 1.0, progress)
-    return _out(final_sparsity * (1.0 - (1.0 - progress) ** 3), xp)
+    return final_sparsity * (1.0 - (1.0 - progress) ** 3)
 
 
 def cosine_drop_fraction(step: Any, total_steps: Any, initial: float = 0.5, final: float = 0.005) -> Any:
     """RigL's drop fraction, cosine from ``initial`` at step 0 to ``final`` at ``total_steps`` (then flat):
-    ``final + (initial − final) · (1 + cos(π · t / T)) / 2`` (SMC-Bench ``CosineDecay``, η_min 0.005)."""
+    ``final + (initial − final) · (1 + cos(π · t / T)) / 2`` (SMC-Bench ``CosineDecay``, η_min 0.005). Python
+    numbers are computed in float64, jax arrays in float32."""
     xp = _xp(step, total_steps)
+    if xp is np:
+        t = min(max(step / max(total_steps, 1.0), 0.0), 1.0)
+        return final + (initial - final) * 0.5 * (1.0 + math.cos(math.pi * t))
     t = xp.clip(xp.asarray(step, xp.float32) / xp.maximum(xp.asarray(total_steps, xp.float32), 1.0), 0.0, 1.0)
-    return _out(final + (initial - final) * 0.5 * (1.0 + xp.cos(math.pi * t)), xp)
+    return final + (initial - final) * 0.5 * (1.0 + xp.cos(math.pi * t))
 
 
 def gmp_window(total_steps: int, begin_fraction: float = 0.1, end_fraction: float = 0.8) -> tuple[int, int]:

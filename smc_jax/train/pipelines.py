@@ -66,6 +66,8 @@ class Experiment:
     def __post_init__(self):
         if not isinstance(self.algorithm, sp.Algorithm):
             raise ValueError(f"Experiment.algorithm must be an algorithm (e.g. @RigL()), got {self.algorithm!r}")
+        if getattr(self.algorithm, "tie_seed", 0) is None:  # the random tie order follows the run's seed
+            self.algorithm = dataclasses.replace(self.algorithm, tie_seed=int(self.seed))
         if not isinstance(self.optimizer, Optimizer):
             raise ValueError(f"Experiment.optimizer must be an optimizer (e.g. @Optimizer() in the task family's gin "
                              f"file), got {self.optimizer!r}")
@@ -77,7 +79,8 @@ class Experiment:
 
 def _keys(seed: int) -> dict[str, jax.Array]:
     base = jax.random.key(int(seed))
-    return {"init": jax.random.fold_in(base, 0), "masks": jax.random.fold_in(base, 1), "snip": jax.random.fold_in(base, 3)}
+    return {"init": jax.random.fold_in(base, 0), "masks": jax.random.fold_in(base, 1),
+            "snip": jax.random.fold_in(base, 3)}
 
 
 def default_workdir(task: Task, algorithm: sp.Algorithm, seed: int, fold: int | str | None = None) -> Path:
@@ -262,7 +265,8 @@ def run_experiment(exp: Experiment, config_text: str | None = None) -> dict:
             folds.append(run_single(exp, task, top / f"fold_{k}", dense))
         summary = cv_summary(folds)
         write_json(top / "cv_summary.json", summary)
-        _log(probe, f"cross-validated {summary['metric']}: {summary['reported']:.2f} over {summary['num_eval']} problems")
+        _log(probe, f"cross-validated {summary['metric']}: {summary['reported']:.2f} "
+                    f"over {summary['num_eval']} problems")
         return summary
     task = exp.task(fold=exp.fold)
     workdir = Path(exp.workdir) if exp.workdir else default_workdir(task, exp.algorithm, exp.seed)
