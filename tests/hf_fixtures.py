@@ -135,3 +135,104 @@ def tiny_commonsense_roberta(directory: Path, shared_data: Path) -> Path:
     torch.manual_seed(0)
     tr.RobertaForMaskedLM(config).save_pretrained(directory)
     return directory
+
+
+# --------------------------------------------------------------------------------------------------- ESM
+
+ESM_SIZES = dict(vocab_size=33, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+ESM_KINDS = {  # ESM-1b-like: learned positions offset by the padding, LayerNorm on the embeddings; ESM-2-like: rotary
+    "esm1b": dict(position_embedding_type="absolute", emb_layer_norm_before=True),
+    "esm2": dict(position_embedding_type="rotary", emb_layer_norm_before=False),
+}
+ESM_CLS, ESM_PAD, ESM_EOS, ESM_MASK = 0, 1, 2, 32
+
+
+def esm_config(kind: str, **extra) -> tr.EsmConfig:
+    """A tiny config with the fields every released ESM checkpoint shares (eps 1e-5, no dropout, token dropout)."""
+    fields = dict(**ESM_SIZES, **ESM_KINDS[kind], pad_token_id=ESM_PAD, mask_token_id=ESM_MASK, layer_norm_eps=1e-5,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=1026,
+                  token_dropout=True, attn_implementation="eager")
+    return tr.EsmConfig(**{**fields, **extra})
+
+
+def esm_torch_model(kind: str, cls=None, seed: int = 0, **config_fields) -> torch.nn.Module:
+    """A random ``EsmModel`` (no pooler; or ``cls``, e.g. ``EsmForMaskedLM``) with every parameter perturbed,
+    LayerNorm scales and biases far from 1/0, and (rotary) inverse frequencies off HF's default table (each
+    scaled by a random factor in [0.9, 1.1]) and fp16-rounded, as the released checkpoints store them."""
+    torch.manual_seed(seed)
+    config = esm_config(kind, **config_fields)
+    model = (tr.EsmModel(config, add_pooling_layer=False) if cls is None else cls(config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name:
+                p.copy_((torch.rand_like(p) + 0.5) if name.endswith("weight") else 0.2 * torch.randn_like(p))
+            else:
+                p.add_(0.05 * torch.randn_like(p))
+        base = model.base_model
+        if base.rotary_embeddings is not None:
+            inv_freq = base.rotary_embeddings.inv_freq  # moved off the default table, so a loader that
+            inv_freq.copy_((inv_freq * (0.9 + 0.2 * torch.rand_like(inv_freq))).half().float())  # recomputes fails
+    return model
+
+
+def esm_facebook_style(model: torch.nn.Module, directory: Path) -> Path:
+    """``model`` saved as the released ESM checkpoints are laid out: safetensors of the full state dict, one rotary
+    ``inv_freq`` per layer (no model-level one), and ESM-2's unused ``position_embeddings`` table."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    prefix = "" if model.base_model is model else model.base_model_prefix + "."
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    inv_freq = state.pop(prefix + "rotary_embeddings.inv_freq", None)
+    if inv_freq is not None:
+        for i in range(model.config.num_hidden_layers):
+            state[f"{prefix}encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"] = inv_freq.clone()
+        state[prefix + "embeddings.position_embeddings.weight"] = torch.randn(1026, model.config.hidden_size)
+    state.pop("lm_head.decoder.weight", None)  # tied to the word embeddings
+    save_file(state, str(directory / "model.safetensors"))
+    return directory
+
+
+def esm_batch(shape: tuple[int, int] = (4, 11), seed: int = 0) -> dict[str, np.ndarray]:
+    """Right-padded ESM token ids: ``<cls>`` residues ``<eos>``, a different length per row (the first full), some
+    ``<mask>`` tokens (none in the last row), pads 1 with attention mask 0."""
+    rng = np.random.default_rng(seed)
+    rows, length = shape
+    lengths = rng.integers(4, length + 1, rows)
+    lengths[0] = length
+    ids = np.full(shape, ESM_PAD, np.int64)
+    for r, n in enumerate(lengths):
+        residues = rng.integers(4, 29, n - 2)
+        if r < rows - 1:
+            residues[rng.choice(n - 2, size=1 + r % 2, replace=False)] = ESM_MASK
+        ids[r, :n] = [ESM_CLS, *residues, ESM_EOS]
+    mask = (ids != ESM_PAD).astype(np.int64)
+    return dict(input_ids=ids, attention_mask=mask)
+
+
+def esm_pooled(hidden: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Mean over the positions with id >= 2 and attention mask 1 (eos, unk and mask kept; cls and pad not)."""
+    keep = ((inputs["input_ids"] >= 2) & (inputs["attention_mask"] == 1)).astype(hidden.dtype)[..., None]
+    return (hidden * keep).sum(1) / keep.sum(1)
+
+
+def esm_torch_hidden(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """``last_hidden_state`` of the base model (of ``model.esm`` for an ``EsmForMaskedLM``)."""
+    with torch.no_grad():
+        out = model.base_model(**{k: torch.tensor(v) for k, v in inputs.items()})
+    return out.last_hidden_state.numpy()
+
+
+def load_error(directory, **kw) -> str:
+    """The one-line ``CheckpointError`` message ``from_pretrained(directory, **kw)`` raises."""
+    import pytest
+
+    from smc_jax.models import from_pretrained
+    from smc_jax.models.hf import CheckpointError
+
+    with pytest.raises(CheckpointError) as info:
+        from_pretrained(directory, **kw)
+    message = str(info.value)
+    assert "\n" not in message
+    return message

@@ -20,7 +20,7 @@ from flax import serialization, traverse_util  # noqa: E402
 
 from smc_jax.models import from_pretrained  # noqa: E402
 from smc_jax.models.bert import EncoderConfig, roberta_position_ids  # noqa: E402
-from smc_jax.models.hf import CheckpointError, abstract_params, read_safetensors  # noqa: E402
+from smc_jax.models.hf import abstract_params, read_safetensors  # noqa: E402
 
 HEADS = (None, "multiple_choice", "sequence_classification", "masked_lm")
 
@@ -242,18 +242,10 @@ def _broken(tmp_path, checkpoints, change):
     return tmp_path
 
 
-def _error(directory, **kw) -> str:
-    with pytest.raises(CheckpointError) as info:
-        from_pretrained(directory, **kw)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
 def test_error_missing_tensor(tmp_path, checkpoints):
     directory = _broken(tmp_path, checkpoints,
                         lambda t: t.pop("roberta.encoder.layer.1.attention.self.key.weight"))
-    message = _error(directory, head="masked_lm")
+    message = fx.load_error(directory, head="masked_lm")
     assert "lacks 1 tensor" in message and "roberta.encoder.layer.1.attention.self.key.weight" in message
 
 
@@ -261,7 +253,7 @@ def test_error_wrong_shape(tmp_path, checkpoints):
     def change(t):
         t["roberta.encoder.layer.0.intermediate.dense.weight"] = np.zeros((36, 32), np.float32)
 
-    message = _error(_broken(tmp_path, checkpoints, change), head="masked_lm")
+    message = fx.load_error(_broken(tmp_path, checkpoints, change), head="masked_lm")
     assert "roberta.encoder.layer.0.intermediate.dense.weight" in message
     assert "(36, 32)" in message and "(37, 32)" in message
 
@@ -270,27 +262,27 @@ def test_error_unexpected_tensor(tmp_path, checkpoints):
     def change(t):
         t["roberta.encoder.layer.0.attention.self.rotary.weight"] = np.zeros((4,), np.float32)
 
-    message = _error(_broken(tmp_path, checkpoints, change), head="masked_lm")
+    message = fx.load_error(_broken(tmp_path, checkpoints, change), head="masked_lm")
     assert "does not use" in message and "roberta.encoder.layer.0.attention.self.rotary.weight" in message
 
 
 def test_error_model_types(tmp_path, checkpoints):
     source = checkpoints["roberta", None][1]["safetensors"]
-    message = _error(source, model_type="bert")
+    message = fx.load_error(source, model_type="bert")
     assert "'roberta'" in message and "'bert'" in message
     fx.save(checkpoints["bert", "masked_lm"][0], tmp_path / "bert", "safetensors")
     fx.rewrite_config(tmp_path / "bert", model_type="roberta")
-    message = _error(tmp_path / "bert", head="masked_lm")
+    message = fx.load_error(tmp_path / "bert", head="masked_lm")
     assert "'bert' weights" in message and "'roberta'" in message
     fx.rewrite_config(tmp_path / "bert", model_type="gpt2")
-    message = _error(tmp_path / "bert")
+    message = fx.load_error(tmp_path / "bert")
     assert "'gpt2'" in message and "bert, roberta" in message
 
 
 def test_error_offline_hub_id_and_bad_path(tmp_path):
-    message = _error("smc-jax-tests/no-such-model")
+    message = fx.load_error("smc-jax-tests/no-such-model")
     assert "HF_HUB_OFFLINE" in message and "smc-jax-tests/no-such-model" in message
-    assert "not a checkpoint directory" in _error(str(tmp_path / "missing"))
+    assert "not a checkpoint directory" in fx.load_error(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="head"):
         from_pretrained(fx.save(fx.torch_model("bert", None), tmp_path / "b"), head="token_classification")
 

@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): ``python scripts/bench.py sparsity|gts|models|commonsense|scaling``.
+"""Benchmarks (not tests): ``python scripts/bench.py sparsity|gts|models|commonsense|scaling|esm``.
 
 ``gts``: GTS(S) on MAWPS fold 0 at SPEC §1.2's settings (batch 4, hidden 512, beam 5, max length 45): the
 training throughput of the real train step (the engine's jitted, donated step with the sparse optimizer over
@@ -10,9 +10,13 @@ consecutive batches of the epoch order, run for every configuration in turn, so 
 alike); a timing waits for the whole step.
 
 ``sparsity``: on a BERT-base-shaped parameter tree (~110M weights, random values; 2-D leaves prunable),
-times one global-magnitude prune, one RigL update, and one jitted, donated step of update + apply of
+times one global-magnitude prune (random and position tie-breaking), one SNIP prune whose threshold falls among
+zero scores (90 % of the word-embedding rows without gradient), one RigL update (also with those zero-gradient
+ties), and one jitted, donated step of update + apply of
 ``sparse_optimizer(adamw)`` on a non-update step against plain ``adamw`` (median of interleaved rounds;
 compile time reported separately).
+
+``esm``: an ESM-2 encoder at esm2_t6_8M's shapes against HF PyTorch ``EsmModel`` (:mod:`smc_jax.cli.bench_esm`).
 
 ``models``: the base encoder ``RobertaModel`` at RoBERTa-base shapes (random weights) on a batch of
 ``--batch`` x ``--length`` tokens (some padding): one jitted ``value_and_grad`` step (forward + backward,
@@ -59,6 +63,7 @@ import optax
 
 import smc_jax.sparsity as sp
 from smc_jax.cli.bench_common import CONFIGS, block, machine, timed
+from smc_jax.cli.bench_esm import add_esm_parser, bench_esm
 from smc_jax.cli.bench_gts import bench_gts, bench_scaling
 from smc_jax.cli.bench_roberta import MODEL_CONFIGS, bench_commonsense, bench_models
 
@@ -111,13 +116,35 @@ def bench_sparsity(rounds: int, scale: float) -> None:
     prune, prune_compile = compile_timed(lambda p, m: sp.global_magnitude_masks(p, m, 0.9), params, masks)
     print(f"global prune HLO contains a sort: {'sort(' in prune.as_text()}")
     sparse_masks = block(prune(params, masks))
-    rigl, rigl_compile = compile_timed(lambda p, g, m, f: sp.rigl_update(p, g, m, f), params, grads, sparse_masks,
-                                       jnp.float32(0.3))
-    compile_s = {"global magnitude prune": prune_compile, "RigL update": rigl_compile}
-    times = {name: [] for name in compile_s}
+    # SNIP's case for the tie pass: 90 % of the word-embedding rows absent from the batch score 0, so
+    # ~19 % of the scores tie at 0 and the threshold at sparsity 0.1 falls among them.
+    vocab = grads["embeddings"]["word_embeddings"]["embedding"].shape[0]
+    unseen = jax.random.uniform(jax.random.key(2), (vocab, 1)) < 0.9
+    snip_grads = jax.tree.map(lambda g: g, grads)
+    snip_grads["embeddings"]["word_embeddings"]["embedding"] = jnp.where(
+        unseen, 0.0, grads["embeddings"]["word_embeddings"]["embedding"])
+    operations = {
+        "global magnitude prune": (lambda p, m: sp.global_magnitude_masks(p, m, 0.9), (params, masks)),
+        "global magnitude prune, position ties": (
+            lambda p, m: sp.global_magnitude_masks(p, m, 0.9, tie_break="position"), (params, masks)),
+        "SNIP prune 0.1, zero-score ties": (lambda p, g, m: sp.snip_masks(p, g, m, 0.1),
+                                            (params, snip_grads, masks)),
+        "RigL update": (lambda p, g, m, f: sp.rigl_update(p, g, m, f),
+                        (params, grads, sparse_masks, jnp.float32(0.3))),
+        "RigL update, zero-gradient ties": (lambda p, g, m, f: sp.rigl_update(p, g, m, f),
+                                            (params, snip_grads, sparse_masks, jnp.float32(0.3))),
+    }
+    compiled, compile_s = {}, {}
+    for name, (fn, args) in operations.items():
+        compiled[name], compile_s[name] = compile_timed(fn, *args)
+    snip_masks = block(compiled["SNIP prune 0.1, zero-score ties"](params, snip_grads, masks))
+    zero = sum(int((s == 0).sum()) for _, s in sp.mask_items(sp.snip_scores(params, snip_grads, masks)))
+    kept = sum(int(m.sum()) for _, m in sp.mask_items(snip_masks))
+    print(f"SNIP 0.1 keeps {kept} = int(N*0.9) = {int(sp.num_prunable(masks) * 0.9)}; {zero} scores are 0")
+    times = {name: [] for name in operations}
     for _ in range(rounds):
-        times["global magnitude prune"].append(timed(prune, params, masks))
-        times["RigL update"].append(timed(rigl, params, grads, sparse_masks, jnp.float32(0.3)))
+        for name, (_, args) in operations.items():
+            times[name].append(timed(compiled[name], *args))
 
     # One jitted, donated step (update + apply) of each optimizer, timed in interleaved rounds.
     algorithm = sp.RigL(sparsity=0.9, update_frequency=10**9)  # a dynamic algorithm on its non-update steps
@@ -144,9 +171,9 @@ def bench_sparsity(rounds: int, scale: float) -> None:
             states[name] = block(steps[name](*states[name], grads))
             times[name + " step"].append(time.perf_counter() - start)
 
-    print(f"\n{'operation':40s} {'median s':>10s} {'min s':>8s} {'compile s':>10s}")
+    print(f"\n{'operation':42s} {'median s':>10s} {'min s':>8s} {'compile s':>10s}")
     for name, values in times.items():
-        print(f"{name:40s} {statistics.median(values):10.3f} {min(values):8.3f} {compile_s[name]:10.2f}")
+        print(f"{name:42s} {statistics.median(values):10.3f} {min(values):8.3f} {compile_s[name]:10.2f}")
     base = statistics.median(times["adamw step"])
     for name in list(optimizers)[1:]:
         ratio = statistics.median(times[name + " step"]) / base
@@ -196,6 +223,7 @@ def parser() -> argparse.ArgumentParser:
     scaling.add_argument("--update_frequency", type=int, default=1000, help="RigL's UPDATE_FREQUENCY")
     scaling.add_argument("--epochs", type=int, default=50, help="run length the schedules are built for")
     scaling.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
+    add_esm_parser(sub)
     return top
 
 
@@ -215,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_gts(args)
     elif args.bench == "models":
         bench_models(args)
+    elif args.bench == "esm":
+        bench_esm(args)
     elif args.bench == "commonsense":
         bench_commonsense(args)
     elif args.bench == "scaling":

@@ -28,11 +28,11 @@ Logical axis names (``nn.with_logical_partitioning``; the ``partitioning`` rules
     pooler / classifier dense / LM-head transform kernel ('embed', 'hidden'), bias and LayerNorm ('hidden',)
     label projections ('hidden', None); MLM output bias ('vocab',); an untied MLM decoder ('hidden', 'vocab')
 
-Attention runs through ``jax.nn.dot_product_attention`` (padding as a boolean mask). That function has no
-dropout, so when attention dropout is active (``deterministic=False`` and ``attention_probs_dropout_prob > 0``)
-the attention is computed explicitly (softmax in float32, dropout on the probabilities, as HF does).
-``dtype`` is the computation dtype; parameters stay ``param_dtype`` (float32). ``remat=True`` wraps every
-layer in ``nn.remat``.
+Self-attention and the layer factories come from :mod:`smc_jax.models.layers`: attention runs through
+``jax.nn.dot_product_attention`` (padding as a boolean mask), or explicitly (float32 softmax, dropout on the
+probabilities, as HF does) when attention dropout is active (``deterministic=False`` and
+``attention_probs_dropout_prob > 0``). ``dtype`` is the computation dtype; parameters stay ``param_dtype``
+(float32). ``remat=True`` wraps every layer in ``nn.remat``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from smc_jax.models import layers
 
 Dtype = Any
 
@@ -114,32 +116,16 @@ class EncoderConfig:
 
 
 def _normal(config: EncoderConfig, axes: tuple[str | None, ...]):
-    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+    return layers.normal_init(config.initializer_range, axes)
 
 
-def roberta_position_ids(input_ids: jax.Array, padding_idx: int) -> jax.Array:
-    """HF ``create_position_ids_from_input_ids``: real tokens count from ``padding_idx + 1``, pads get it."""
-    real = (input_ids != padding_idx).astype(jnp.int32)
-    return jnp.cumsum(real, axis=-1) * real + padding_idx
+roberta_position_ids = layers.position_ids_from_padding
 
 
-class _Module(nn.Module):
-    config: EncoderConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
+class _Module(layers.ConfiguredModule):
     """Shared fields and the layer factories (every kernel, bias, scale and embedding gets logical axes)."""
 
-    def dense(self, features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
-        return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-                        kernel_init=_normal(self.config, axes),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
-
-    def layer_norm(self, axis: str, name: str) -> nn.LayerNorm:
-        ones, zeros = nn.initializers.ones_init(), nn.initializers.zeros_init()
-        return nn.LayerNorm(epsilon=self.config.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-                            name=name, scale_init=nn.with_logical_partitioning(ones, (axis,)),
-                            bias_init=nn.with_logical_partitioning(zeros, (axis,)))
+    config: EncoderConfig
 
     def dropout(self, x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
         return nn.Dropout(rate)(x, deterministic=deterministic)
@@ -151,41 +137,15 @@ class Embeddings(_Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
         c = self.config
-
-        def embed(num: int, axes, name):
-            return nn.Embed(num, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-                            embedding_init=_normal(c, axes))
-
         if c.model_type == "roberta":
             positions = roberta_position_ids(input_ids, c.pad_token_id)
         else:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
-        x = (embed(c.vocab_size, ("vocab", "embed"), "word_embeddings")(input_ids)
-             + embed(c.type_vocab_size, (None, "embed"), "token_type_embeddings")(token_type_ids)
-             + embed(c.max_position_embeddings, (None, "embed"), "position_embeddings")(positions))
+        x = (self.embed(c.vocab_size, ("vocab", "embed"), "word_embeddings")(input_ids)
+             + self.embed(c.type_vocab_size, (None, "embed"), "token_type_embeddings")(token_type_ids)
+             + self.embed(c.max_position_embeddings, (None, "embed"), "position_embeddings")(positions))
         x = self.layer_norm("embed", "LayerNorm")(x)
         return self.dropout(x, c.hidden_dropout_prob, deterministic)
-
-
-class SelfAttention(_Module):
-    """Multi-head self-attention over the padding mask; returns the concatenated heads [B, T, hidden]."""
-
-    @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
-        c = self.config
-        heads, head_dim = c.num_attention_heads, c.hidden_size // c.num_attention_heads
-        q, k, v = (self.dense(c.hidden_size, ("embed", "heads"), name)(x).reshape(*x.shape[:-1], heads, head_dim)
-                   for name in ("query", "key", "value"))
-        mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]
-        rate = c.attention_probs_dropout_prob
-        if deterministic or rate == 0.0:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        else:  # explicit form: jax.nn.dot_product_attention has no dropout
-            logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) / head_dim**0.5
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-            probs = self.dropout(jax.nn.softmax(logits, axis=-1), rate, deterministic).astype(v.dtype)
-            out = jnp.einsum("bnts,bsnh->btnh", probs, v)
-        return out.reshape(*x.shape[:-1], c.hidden_size)
 
 
 class AddNorm(_Module):
@@ -202,10 +162,16 @@ class AddNorm(_Module):
 
 
 class Attention(_Module):
+    """HF ``BertAttention``: ``self`` (:class:`~smc_jax.models.layers.MultiHeadAttention`), ``output``."""
+
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
-        kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
-        heads = SelfAttention(**kw, name="self")(x, mask, deterministic)
+        c = self.config
+        kw = dict(config=c, dtype=self.dtype, param_dtype=self.param_dtype)
+        heads = layers.MultiHeadAttention(c.num_attention_heads, c.hidden_size, c.attention_probs_dropout_prob,
+                                          init_std=c.initializer_range, dtype=self.dtype,
+                                          param_dtype=self.param_dtype, name="self")(
+            x, layers.padding_mask(mask), deterministic)
         return AddNorm(**kw, in_axis="heads", name="output")(heads, x, deterministic)
 
 

@@ -4,27 +4,28 @@
 ``huggingface_hub.snapshot_download`` of the config, tokenizer files and one weights format) +
 :func:`build_module` (architecture from ``config.json``'s ``model_type``) + :func:`load_params`.
 
-Weights formats, first found wins: ``model.safetensors`` (or its sharded ``.index.json``),
-``flax_model.msgpack`` (or its index), ``pytorch_model.bin`` (or its index; needs torch, read with
-``weights_only=True``). Safetensors files are memory-mapped by a small reader here (bf16 through ml_dtypes).
+Weights formats (read by :mod:`smc_jax.models.hf_files`), first found wins: ``model.safetensors`` (or its
+sharded ``.index.json``), ``flax_model.msgpack`` (or its index), ``pytorch_model.bin`` (or its index).
 
 Names: our param paths are HF-Flax's, so a Flax checkpoint maps by identity and a PyTorch one by an explicit
 per-family map (:attr:`Family.torch_names`: ``kernel`` <- ``weight`` transposed, ``scale`` <- LayerNorm
-``weight``, ``embedding`` <- ``weight``). Checkpoints saved from the base model (no ``roberta.``/``bert.``
-prefix) and from head models load into either. Loading is strict: a missing encoder tensor, an unexpected
+``weight``, ``embedding`` <- ``weight``). Checkpoints saved from the base model (no ``roberta.``/``bert.``/
+``esm.`` prefix) and from head models load into either. Loading is strict: a missing encoder tensor, an unexpected
 tensor, a shape mismatch or weights of another model type raise :class:`CheckpointError` (one line, naming
 the keys). Tolerated and logged as HF does: buffers and tied copies, heads the module does not use (e.g.
 ``lm_head`` under a classifier, BERT's NSP ``cls.seq_relationship``), and heads/poolers the checkpoint lacks,
 which are newly initialised like HF's ``_init_weights`` (normal(``initializer_range``) kernels and
 embeddings, zero biases, unit LayerNorm scales).
 
-New families (mBART, ESM) add a :class:`Family` to :data:`FAMILIES`.
+Families: ``bert``, ``roberta`` (:mod:`~smc_jax.models.bert`) and ``esm`` (:mod:`~smc_jax.models.esm`, base
+encoder only; ``contact_head``, ``pooler``, ``lm_head`` and ESM-2's unused ``position_embeddings`` are
+skipped; the rotary ``inv_freq`` buffer, per layer or model-level, becomes the config's
+``rotary_inv_freq``). New families (mBART) add a :class:`Family` to :data:`FAMILIES`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -35,143 +36,26 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
-from flax import serialization, traverse_util
+from flax import traverse_util
 
-from smc_jax.models import bert
+from smc_jax.models import bert, esm
+from smc_jax.models.hf_files import (  # noqa: F401  (re-exported: the loader's public surface)
+    WEIGHT_FILES,
+    CheckpointError,
+    Key,
+    read_config,
+    read_flax_msgpack,
+    read_safetensors,
+    read_torch_bin,
+    read_weights,
+    resolve_checkpoint_dir,
+)
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, ...]
 Dtype = Any
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the requested module (one-line message)."""
-
-
-# ----------------------------------------------------------------------------------------------- readers
-
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-}
-
-
-def read_safetensors(path: Path) -> dict[Key, np.ndarray]:
-    """Memory-mapped tensors of one ``.safetensors`` file, keyed by the ``.``-split names."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size) if header else None
-    out = {}
-    for name, info in header.items():
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        out[tuple(name.split("."))] = data[start:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
-    return out
-
-
-def read_torch_bin(path: Path) -> dict[Key, np.ndarray]:
-    """Tensors of a ``pytorch_model.bin`` (``torch.load(weights_only=True)``; bf16 widened to float32)."""
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(f"{path} is a PyTorch checkpoint and torch is not installed "
-                              "(install torch, or convert the checkpoint to safetensors)") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    return {tuple(k.split(".")): (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()}
-
-
-def read_flax_msgpack(path: Path) -> dict[Key, np.ndarray]:
-    """Leaves of a HF-Flax ``flax_model.msgpack`` (``flax.serialization`` bytes of the params dict)."""
-    tree = serialization.msgpack_restore(path.read_bytes())
-    tree = tree["params"] if set(tree) == {"params"} else tree
-    # shards of a sharded checkpoint may hold "/"-joined keys
-    return {tuple(p for part in k for p in part.split("/")): np.asarray(v)
-            for k, v in traverse_util.flatten_dict(tree).items()}
-
-
-def _sharded(reader: Callable[[Path], dict[Key, np.ndarray]]) -> Callable[[Path], dict[Key, np.ndarray]]:
-    def read(index: Path) -> dict[Key, np.ndarray]:
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        out: dict[Key, np.ndarray] = {}
-        for name in files:
-            out.update(reader(index.parent / name))
-        return out
-
-    return read
-
-
-# (file name, layout, reader), in order of preference.
-WEIGHT_FILES: tuple[tuple[str, str, Callable[[Path], dict[Key, np.ndarray]]], ...] = (
-    ("model.safetensors", "torch", read_safetensors),
-    ("model.safetensors.index.json", "torch", _sharded(read_safetensors)),
-    ("flax_model.msgpack", "flax", read_flax_msgpack),
-    ("flax_model.msgpack.index.json", "flax", _sharded(read_flax_msgpack)),
-    ("pytorch_model.bin", "torch", read_torch_bin),
-    ("pytorch_model.bin.index.json", "torch", _sharded(read_torch_bin)),
-)
-
-
-def read_weights(checkpoint_dir: str | os.PathLike) -> tuple[dict[Key, np.ndarray], str, Path]:
-    """``(tensors keyed by path tuples, layout 'torch' | 'flax', file)`` of the preferred weights file."""
-    directory = Path(checkpoint_dir)
-    for name, layout, reader in WEIGHT_FILES:
-        if (directory / name).is_file():
-            return reader(directory / name), layout, directory / name
-    raise CheckpointError(f"no weights in {directory} (looked for {', '.join(n for n, _, _ in WEIGHT_FILES)})")
-
-
-# ------------------------------------------------------------------------------------------- resolution
-
-_HUB_META = ["*.json", "*.txt", "*.model"]  # config and tokenizer files
-_HUB_WEIGHTS = (["model*.safetensors*"], ["flax_model*.msgpack*"], ["pytorch_model*.bin*"])
-
-
-def _has_weights(directory: Path) -> bool:
-    return any((directory / name).is_file() for name, _, _ in WEIGHT_FILES)
-
-
-def resolve_checkpoint_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local checkpoint directory, or a hub id downloaded (config, tokenizer, one weights format) into the
-    HF cache; offline (``HF_HUB_OFFLINE=1``) a hub id resolves only from that cache."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    name = str(name_or_path)
-    if path.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1:
-        raise CheckpointError(f"{name!r} is not a checkpoint directory")
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    try:
-        directory = Path(huggingface_hub.snapshot_download(name, revision=revision, allow_patterns=_HUB_META))
-        for patterns in _HUB_WEIGHTS:
-            if _has_weights(directory):
-                break
-            directory = Path(huggingface_hub.snapshot_download(name, revision=revision, allow_patterns=patterns))
-    except Exception as e:  # hub errors: not cached offline, unknown repo, network
-        if constants.HF_HUB_OFFLINE:
-            raise CheckpointError(f"{name!r} is not a local directory and not in the HuggingFace cache "
-                                  "(HF_HUB_OFFLINE=1: download it once online, or pass a directory)") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"cannot fetch {name!r} from the HuggingFace hub ({type(e).__name__}: {first})") from e
-    return directory
-
-
-def read_config(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
-    """``config.json`` of a checkpoint directory."""
-    path = Path(checkpoint_dir) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"no config.json in {checkpoint_dir}")
-    return json.loads(path.read_text())
+Tensors = Mapping[Key, np.ndarray]
 
 
 # -------------------------------------------------------------------------------------------- families
@@ -201,7 +85,11 @@ class Family:
     a checkpoint lacks them (a pooler). Both may be newly initialised when missing and are ignored when the
     module does not use them. ``ignored``: regexes over ``.``-joined checkpoint keys that are always
     ignorable (buffers, tied copies, heads no module of the family has). ``aliases``: checkpoint keys for a
-    param path tried before :attr:`torch_names` (all found ones count as used).
+    param path tried before :attr:`torch_names` (all found ones count as used). ``marker``: a regex over
+    ``.``-joined keys that every checkpoint of the family matches and other families' do not (it names the
+    family of unprefixed weights). ``from_weights``: ``(config dict, tensors) -> config overrides`` that the
+    weights fix (ESM's rotary frequencies); the module must be built with them. ``config_tensors``: a regex
+    of the keys ``from_weights`` reads (also list them in ``ignored``; they are not reported when read).
     """
 
     model_type: str
@@ -212,6 +100,9 @@ class Family:
     ignored: tuple[str, ...] = ()
     aliases: Mapping[Key, tuple[Key, ...]] = dataclasses.field(default_factory=dict)
     torch_names: Callable[[Key], tuple[tuple[Key, ...], bool]] = hf_torch_names
+    marker: str | None = None
+    from_weights: Callable[[Mapping[str, Any], Tensors], dict[str, Any]] | None = None
+    config_tensors: str | None = None
 
     def top(self, path: Key) -> str:
         """The module a path belongs to, below the base prefix."""
@@ -241,10 +132,44 @@ def _bert_like(model_type: str) -> Family:
         # ``bias`` is then unused); everywhere else the two are tied, and safetensors keep only ``bias``
         aliases={("lm_head", "bias"): (("lm_head", "decoder", "bias"),),
                  ("cls", "predictions", "bias"): (("cls", "predictions", "decoder", "bias"),)},
+        marker=r"(^|\.)attention\.output\.LayerNorm\.",
     )
 
 
+def _build_esm(config: Mapping[str, Any], head: str | None, dtype: Dtype, **kwargs: Any) -> nn.Module:
+    if head is not None:
+        raise ValueError(f"head {head!r} unknown for ESM: only the base encoder (head=None) is built; pool its "
+                         "last_hidden_state and add the task's head")
+    fields = {f.name for f in dataclasses.fields(esm.EsmConfig)}
+    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+    return esm.EsmModel(esm.EsmConfig.from_hf(config, **overrides), dtype=dtype, **kwargs)
+
+
+def _esm_inv_freq(config: Mapping[str, Any], tensors: Tensors) -> dict[str, Any]:
+    """``{'rotary_inv_freq': ...}`` from a rotary checkpoint's ``inv_freq`` buffer(s), model-level or per layer
+    (HF keeps the first; they must agree); ``{}`` for absolute positions or when the checkpoint has none."""
+    if not esm.EsmConfig.from_hf(config).rotary:
+        return {}
+    found = [np.asarray(v, np.float32).reshape(-1) for k, v in sorted(tensors.items())
+             if k[-2:] == ("rotary_embeddings", "inv_freq")]
+    if not found:
+        return {}
+    if any(f.shape != found[0].shape or not np.array_equal(f, found[0]) for f in found[1:]):
+        raise CheckpointError(f"the checkpoint's {len(found)} rotary inv_freq tensors differ; keep one model-level "
+                              "rotary_embeddings.inv_freq")
+    return {"rotary_inv_freq": tuple(float(v) for v in found[0])}
+
+
 FAMILIES: dict[str, Family] = {name: _bert_like(name) for name in ("bert", "roberta")}
+FAMILIES["esm"] = Family(
+    model_type="esm", prefix="esm", build=_build_esm, heads=("lm_head",), optional_base=("pooler",),
+    ignored=(r"(^|\.)embeddings\.position_ids$",
+             r"(^|\.)rotary_embeddings\.inv_freq$",  # a config constant (see from_weights)
+             r"(^|\.)embeddings\.position_embeddings\.weight$",  # present but unused in ESM-2 checkpoints
+             r"(^|\.)contact_head\."),
+    marker=r"(^|\.)encoder\.emb_layer_norm_after\.",
+    from_weights=_esm_inv_freq, config_tensors=r"(^|\.)rotary_embeddings\.inv_freq$",
+)
 
 
 def family_of(config: Mapping[str, Any]) -> Family:
@@ -258,12 +183,16 @@ def family_of(config: Mapping[str, Any]) -> Family:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def build_module(config: Mapping[str, Any], head: str | None = None, dtype: Dtype = jnp.float32,
-                 **module_kwargs: Any) -> nn.Module:
+def build_module(config: Mapping[str, Any], head: str | None = None, dtype: Dtype = jnp.float32, *,
+                 checkpoint_dir: str | os.PathLike | None = None, **module_kwargs: Any) -> nn.Module:
     """The module for a ``config.json`` dict. ``module_kwargs`` naming config fields (``num_labels``,
     ``hidden_dropout_prob``, ...) override the config; the rest (``remat``, ``add_pooling_layer``, ...) go to
-    the module."""
-    return family_of(config).build(config, head, dtype, **module_kwargs)
+    the module. ``checkpoint_dir``: also take the config fields its weights fix (ESM-2's rotary frequencies;
+    :func:`load_params` refuses a module built without them)."""
+    family = family_of(config)
+    if checkpoint_dir is not None and family.from_weights is not None:
+        module_kwargs = {**family.from_weights(config, read_weights(checkpoint_dir)[0]), **module_kwargs}
+    return family.build(config, head, dtype, **module_kwargs)
 
 
 def abstract_params(module: nn.Module) -> dict[str, Any]:
@@ -289,6 +218,13 @@ def _align_prefix(tensors: dict[Key, np.ndarray], family: Family, expected: Mapp
         if others:
             raise CheckpointError(f"{where} holds {others[0]!r} weights (keys {others[0]}.*) but its config "
                                   f"says model_type {family.model_type!r}")
+    names = [".".join(k) for k in tensors]
+    if family.marker and not any(re.search(family.marker, n) for n in names):
+        for other in FAMILIES.values():
+            hit = next((n for n in names if other.marker and re.search(other.marker, n)), None)
+            if hit and other.marker != family.marker:
+                raise CheckpointError(f"{where} holds {other.model_type!r} weights (keys like {hit}) but its "
+                                      f"config says model_type {family.model_type!r}")
     aligned = {}
     for key in tensors:
         new = key
@@ -312,16 +248,33 @@ def _new_leaf(path: Key, shape: tuple[int, ...], dtype: Dtype, std: float, rng: 
     raise CheckpointError(f"no initialiser for new parameter {'/'.join(path)}")
 
 
+def _check_from_weights(module: nn.Module, family: Family, config: Mapping[str, Any], tensors: Tensors,
+                        file: Path) -> dict[str, Any]:
+    """What the weights fix (:attr:`Family.from_weights`); refuses a module whose config disagrees."""
+    derived = {} if family.from_weights is None else family.from_weights(config, tensors)
+    for field, value in derived.items():
+        have = getattr(getattr(module, "config", None), field, None)
+        same = have is not None and np.shape(have) == np.shape(value) and np.allclose(
+            np.asarray(have, np.float64), np.asarray(value, np.float64), rtol=1e-6, atol=0)
+        if not same:
+            raise CheckpointError(f"{file} fixes {field} and {type(module).__name__}'s config differs; build the "
+                                  "module with from_pretrained or build_module(config, checkpoint_dir=...)")
+    return derived
+
+
 def load_params(module: nn.Module, checkpoint_dir: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
-                seed: int = 0) -> dict[str, Any]:
+                seed: int = 0, weights: tuple[dict[Key, np.ndarray], str, Path] | None = None) -> dict[str, Any]:
     """The module's params (nested dict of host ``numpy`` arrays in ``module.param_dtype``) from a checkpoint
-    directory; see the module docstring for what is strict and what is tolerated."""
+    directory; see the module docstring for what is strict and what is tolerated. ``weights``: the
+    directory's :func:`read_weights`, when already read."""
     directory = Path(checkpoint_dir)
     config = read_config(directory) if config is None else config
     family = family_of(config)
     name = type(module).__name__
     expected = traverse_util.flatten_dict(nn.meta.unbox(abstract_params(module)))
-    tensors, layout, file = read_weights(directory)
+    tensors, layout, file = read_weights(directory) if weights is None else weights
+    derived = _check_from_weights(module, family, config, tensors, file)
+    read_into_config = bool(derived) and family.config_tensors is not None
     aligned = _align_prefix(tensors, family, expected, directory)
     sep = "/" if layout == "flax" else "."
     show = lambda key: sep.join(aligned.get(key, key))  # noqa: E731  (the name as the checkpoint spells it)
@@ -350,6 +303,8 @@ def load_params(module: nn.Module, checkpoint_dir: str | os.PathLike, *, config:
     unused = [k for k in aligned if k not in consumed]
     ignored, unexpected = [], []
     for key in unused:
+        if read_into_config and re.search(family.config_tensors, ".".join(key)):
+            continue
         top = family.top(key)
         skip = (any(re.search(rx, ".".join(key)) for rx in family.ignored)
                 or (top in family.heads + family.optional_base and top not in used_tops))
@@ -373,15 +328,20 @@ def from_pretrained(name_or_path: str | os.PathLike, head: str | None = None, dt
                     **module_kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """``(module, params)`` for a hub id or local directory.
 
-    ``head``: None (base encoder), ``'multiple_choice'``, ``'sequence_classification'`` or ``'masked_lm'``.
-    ``dtype``: computation dtype (params stay float32). ``model_type``: when given, the checkpoint's must
-    match. ``seed``: for heads the checkpoint lacks. ``module_kwargs``: see :func:`build_module`.
+    ``head``: None (base encoder), ``'multiple_choice'``, ``'sequence_classification'`` or ``'masked_lm'``
+    (BERT/RoBERTa; ESM has only the base encoder). ``dtype``: computation dtype (params stay float32).
+    ``model_type``: when given, the checkpoint's must match. ``seed``: for heads the checkpoint lacks.
+    ``module_kwargs``: see :func:`build_module`.
     """
     directory = resolve_checkpoint_dir(name_or_path, revision)
     config = read_config(directory)
     if model_type is not None and config.get("model_type") != model_type:
         raise CheckpointError(f"{name_or_path} is a {config.get('model_type')!r} checkpoint, "
                               f"expected model_type {model_type!r}")
-    module = build_module(config, head, dtype, **module_kwargs)
-    params = load_params(module, directory, config=config, seed=seed)
+    family = family_of(config)
+    weights = read_weights(directory)
+    if family.from_weights is not None:
+        module_kwargs = {**family.from_weights(config, weights[0]), **module_kwargs}
+    module = family.build(config, head, dtype, **module_kwargs)
+    params = load_params(module, directory, config=config, seed=seed, weights=weights)
     return module, jax.tree.map(jnp.asarray, params)

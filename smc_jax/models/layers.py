@@ -1,0 +1,183 @@
+"""Transformer pieces the encoders share (:mod:`~smc_jax.models.bert`, :mod:`~smc_jax.models.esm`).
+
+Factories (:func:`dense`, :func:`layer_norm`, :func:`embed`) build Flax layers whose every kernel, bias,
+scale and embedding carries logical axis names (``nn.with_logical_partitioning``), computing in ``dtype``
+with parameters in ``param_dtype``. Called inside a module's ``@nn.compact`` method they become that
+module's submodules under ``name``. The axis names are those of :mod:`smc_jax.train.partitioning`'s rules:
+``'embed'`` (model width), ``'heads'`` (the joined heads x head_dim axis), ``'mlp'`` (feed-forward width),
+``'vocab'``, ``'hidden'`` (head/pooler width).
+
+:class:`MultiHeadAttention` is HF's ``*SelfAttention`` module: the ``query``/``key``/``value`` projections
+and the attention itself, returning the concatenated heads (the output projection belongs to the caller,
+whose naming differs per model). Masks are boolean, ``True`` where a query may attend to a key,
+broadcastable to ``[batch, heads, queries, keys]``; :func:`padding_mask` makes the key-padding one, and a
+causal mask can be combined with it by ``&``. Without active attention dropout the attention runs through
+``jax.nn.dot_product_attention``; with it, explicitly (float32 softmax, dropout on the probabilities, as HF).
+Rotary position embeddings (:func:`rotary_tables`, :func:`apply_rotary`) rotate the halves of each head
+(GPT-NeoX/ESM layout, not interleaved).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Axes = tuple[str | None, ...]
+Initializer = Callable[..., jax.Array]
+
+
+def normal_init(std: float, axes: Axes) -> Initializer:
+    """normal(``std``) with logical axes ``axes``."""
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def dense(features: int, axes: tuple[str | None, str | None], *, name: str, std: float = 0.02,
+          use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> nn.Dense:
+    """``nn.Dense`` with a normal(``std``) kernel on ``axes`` (in, out) and a zero bias on ``(axes[1],)``."""
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                    kernel_init=normal_init(std, axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+
+
+def layer_norm(axis: str | None, *, name: str, eps: float, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32) -> nn.LayerNorm:
+    """``nn.LayerNorm`` (unit scale, zero bias, both on ``(axis,)``) with epsilon ``eps``."""
+    ones, zeros = nn.initializers.ones_init(), nn.initializers.zeros_init()
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+                        scale_init=nn.with_logical_partitioning(ones, (axis,)),
+                        bias_init=nn.with_logical_partitioning(zeros, (axis,)))
+
+
+def embed(num_embeddings: int, features: int, axes: tuple[str | None, str | None], *, name: str,
+          std: float = 0.02, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> nn.Embed:
+    """``nn.Embed`` with a normal(``std``) table on ``axes`` (rows, features)."""
+    return nn.Embed(num_embeddings, features, dtype=dtype, param_dtype=param_dtype, name=name,
+                    embedding_init=normal_init(std, axes))
+
+
+
+class ConfiguredModule(nn.Module):
+    """A module with a model ``config`` (``initializer_range``, ``layer_norm_eps``, ``hidden_size``) and the
+    factories above bound to it and to the module's ``dtype``/``param_dtype``."""
+
+    config: Any
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def dense(self, features: int, axes: tuple[str | None, str | None], name: str) -> nn.Dense:
+        return dense(features, axes, name=name, std=self.config.initializer_range, dtype=self.dtype,
+                     param_dtype=self.param_dtype)
+
+    def layer_norm(self, axis: str | None, name: str) -> nn.LayerNorm:
+        return layer_norm(axis, name=name, eps=self.config.layer_norm_eps, dtype=self.dtype,
+                          param_dtype=self.param_dtype)
+
+    def embed(self, num: int, axes: tuple[str | None, str | None], name: str) -> nn.Embed:
+        return embed(num, self.config.hidden_size, axes, name=name, std=self.config.initializer_range,
+                     dtype=self.dtype, param_dtype=self.param_dtype)
+
+def position_ids_from_padding(input_ids: jax.Array, padding_idx: int) -> jax.Array:
+    """HF ``create_position_ids_from_input_ids``: real tokens count from ``padding_idx + 1``, pads get it."""
+    real = (input_ids != padding_idx).astype(jnp.int32)
+    return jnp.cumsum(real, axis=-1) * real + padding_idx
+
+
+def padding_mask(attention_mask: jax.Array) -> jax.Array:
+    """``[batch, keys]`` 1/0 (real/padding) -> boolean ``[batch, 1, 1, keys]`` attention mask."""
+    return attention_mask[:, None, None, :].astype(bool)
+
+
+# ------------------------------------------------------------------------------------------------- rotary
+
+def rotary_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """float32 ``(cos, sin)`` of shape ``[*positions.shape, 1, 2 * len(inv_freq)]`` (the 1 broadcasts over
+    heads in ``[batch, length, heads, head_dim]`` tensors): angle ``position * inv_freq``, repeated for both
+    halves of the head."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    angles = jnp.concatenate([freqs, freqs], axis=-1)[..., None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    """``concat(-x2, x1)`` for the halves ``x1, x2`` of the last axis."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotary embedding of ``x`` ``[..., length, heads, head_dim]``, computed in float32, returned in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, scale: float | None = None,
+           dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    """Scaled dot-product attention of ``[batch, length, heads, head_dim]`` tensors.
+
+    ``scale`` multiplies the logits (None: divide by sqrt(head_dim)). ``dropout``, when given, is applied to
+    the float32 attention probabilities (explicit computation); otherwise ``jax.nn.dot_product_attention``.
+    """
+    if dropout is None:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+    logits = logits / q.shape[-1] ** 0.5 if scale is None else logits * scale
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = dropout(jax.nn.softmax(logits, axis=-1)).astype(v.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention: projections named ``names`` (query, key, value), then attention; returns
+    the concatenated heads ``[batch, length, features]``.
+
+    ``features``: joined heads x head_dim width. ``scale_query``: multiply the query by head_dim**-0.5 right
+    after its projection (before any rotary embedding) and leave the logits unscaled (ESM); otherwise the
+    logits are divided by sqrt(head_dim) (BERT). ``dropout_rate``: on the attention probabilities, active
+    when ``deterministic`` is False (one ``nn.Dropout`` submodule, ``Dropout_0``).
+    """
+
+    num_heads: int
+    features: int
+    dropout_rate: float = 0.0
+    scale_query: bool = False
+    init_std: float = 0.02
+    names: tuple[str, str, str] = ("query", "key", "value")
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @property
+    def head_dim(self) -> int:
+        return self.features // self.num_heads
+
+    def project(self, x: jax.Array, name: str) -> jax.Array:
+        """``[batch, length, width]`` -> ``[batch, length, heads, head_dim]`` through the Dense ``name``."""
+        y = dense(self.features, ("embed", "heads"), name=name, std=self.init_std, dtype=self.dtype,
+                  param_dtype=self.param_dtype)(x)
+        return y.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool,
+                 rotary: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """``mask``: boolean, broadcastable to ``[batch, heads, length, length]``; ``rotary``: ``(cos, sin)``
+        from :func:`rotary_tables`, applied to the query and key."""
+        if self.features % self.num_heads:
+            raise ValueError(f"features {self.features} is not a multiple of num_heads {self.num_heads}")
+        q, k, v = (self.project(x, name) for name in self.names)
+        scale = None
+        if self.scale_query:
+            q, scale = q * self.head_dim**-0.5, 1.0
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        dropout = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout = lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=False)  # noqa: E731
+        out = attend(q, k, v, mask, scale=scale, dropout=dropout)
+        return out.reshape(*x.shape[:-1], self.features)
