@@ -147,6 +147,16 @@ ESM_KINDS = {  # ESM-1b-like: learned positions offset by the padding, LayerNorm
 ESM_CLS, ESM_PAD, ESM_EOS, ESM_MASK = 0, 1, 2, 32
 
 
+def perturb(model: torch.nn.Module) -> None:
+    """In place (call under ``torch.no_grad()``): LayerNorm scales in [0.5, 1.5) and biases normal(0.2), since
+    HF's 1/0 init hides key-map bugs; every other parameter plus normal(0.05)."""
+    for name, p in model.named_parameters():
+        if "layernorm" in name.lower().replace("_", ""):
+            p.copy_((torch.rand_like(p) + 0.5) if name.endswith("weight") else 0.2 * torch.randn_like(p))
+        else:
+            p.add_(0.05 * torch.randn_like(p))
+
+
 def esm_config(kind: str, **extra) -> tr.EsmConfig:
     """A tiny config with the fields every released ESM checkpoint shares (eps 1e-5, no dropout, token dropout)."""
     fields = dict(**ESM_SIZES, **ESM_KINDS[kind], pad_token_id=ESM_PAD, mask_token_id=ESM_MASK, layer_norm_eps=1e-5,
@@ -163,11 +173,7 @@ def esm_torch_model(kind: str, cls=None, seed: int = 0, **config_fields) -> torc
     config = esm_config(kind, **config_fields)
     model = (tr.EsmModel(config, add_pooling_layer=False) if cls is None else cls(config)).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or "layer_norm" in name:
-                p.copy_((torch.rand_like(p) + 0.5) if name.endswith("weight") else 0.2 * torch.randn_like(p))
-            else:
-                p.add_(0.05 * torch.randn_like(p))
+        perturb(model)
         base = model.base_model
         if base.rotary_embeddings is not None:
             inv_freq = base.rotary_embeddings.inv_freq  # moved off the default table, so a loader that
@@ -236,3 +242,117 @@ def load_error(directory, **kw) -> str:
     message = str(info.value)
     assert "\n" not in message
     return message
+
+
+def tiny_esm_checkpoint(directory: Path, kind: str = "esm2", seed: int = 0, **config_fields) -> Path:
+    """A random ``EsmForMaskedLM`` (width 32, 2 layers, 4 heads unless ``config_fields`` say otherwise) saved as the
+    released ESM checkpoints are (:func:`esm_facebook_style`): a directory ``PRETRAINED`` can name."""
+    sizes = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4)
+    model = esm_torch_model(kind, cls=tr.EsmForMaskedLM, seed=seed, **{**sizes, **config_fields})
+    return esm_facebook_style(model, directory)
+
+
+# ------------------------------------------------------------------------------------------------- mBART
+
+MBART_N_SPM = 100  # sentencepiece pieces of the tiny vocabulary: HF layout n_spm + 27 ids, fairseq n_spm + 26
+MBART_SIZES = dict(vocab_size=MBART_N_SPM + 27, d_model=32, encoder_layers=2, decoder_layers=2,
+                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37,
+                   max_position_embeddings=64)
+
+
+def mbart_config(**extra) -> tr.MBartConfig:
+    """A tiny config with cc25's fixed choices (scaled embeddings, exact GELU, pad 1 / bos 0 / eos 2), no dropout."""
+    fields = dict(**MBART_SIZES, scale_embedding=True, activation_function="gelu", dropout=0.0, attention_dropout=0.0,
+                  activation_dropout=0.0, pad_token_id=1, bos_token_id=0, eos_token_id=2, attn_implementation="eager")
+    return tr.MBartConfig(**{**fields, **extra})
+
+
+def mbart_torch_model(seed: int = 0, bias_std: float = 1.0, eos_bias: float | None = None,
+                      **config_fields) -> torch.nn.Module:
+    """A random ``MBartForConditionalGeneration`` with every parameter perturbed, LayerNorm scales/biases far from
+    1/0 and a random ``final_logits_bias`` (normal(``bias_std``); ``eos_bias``: its value at </s>)."""
+    torch.manual_seed(seed)
+    model = tr.MBartForConditionalGeneration(mbart_config(**config_fields)).eval()
+    with torch.no_grad():
+        perturb(model)
+        model.final_logits_bias.copy_(bias_std * torch.randn_like(model.final_logits_bias))
+        if eos_bias is not None:
+            model.final_logits_bias[0, 2] = eos_bias
+    return model
+
+
+def mbart_decoding_model(seed: int = 0) -> torch.nn.Module:
+    """A tiny model whose searches end at different lengths: larger weights (init_std 0.5, so the source and the
+    prefix matter, not only the bias), a small bias and </s> boosted."""
+    return mbart_torch_model(seed, bias_std=0.1, eos_bias=6.0, init_std=0.5)
+
+
+def mbart_save(model: torch.nn.Module, directory: Path, fmt: str = "safetensors") -> Path:
+    """``safetensors`` / ``sharded`` via ``save_pretrained`` (``model.shared.weight`` and ``final_logits_bias``);
+    ``bin``: the full state dict with every tied copy; ``fairseq_keys``: safetensors holding the embedding only as
+    ``model.encoder.embed_tokens.weight`` and no ``final_logits_bias`` (as a converted fairseq checkpoint)."""
+    if fmt in ("safetensors", "sharded"):
+        return save(model, directory, fmt)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    if fmt == "bin":
+        torch.save(state, directory / "pytorch_model.bin")
+    elif fmt == "fairseq_keys":
+        from safetensors.torch import save_file
+
+        shared = state.pop("model.shared.weight")
+        for key in ("model.decoder.embed_tokens.weight", "lm_head.weight", "final_logits_bias",
+                    "model.encoder.embed_tokens.weight"):
+            state.pop(key, None)
+        state["model.encoder.embed_tokens.weight"] = shared
+        save_file(state, str(directory / "model.safetensors"))
+    else:
+        raise ValueError(fmt)
+    return directory
+
+
+def mbart_batch(rows: int = 3, src_len: int = 9, tgt_len: int = 7, vocab: int = MBART_N_SPM + 27, seed: int = 0,
+                src_code: int = MBART_N_SPM + 4, tgt_code: int = MBART_N_SPM + 8) -> dict[str, np.ndarray]:
+    """HF-format (cc25) right-padded rows of different lengths (the first full): ``input_ids`` = ``X </s> src_code``,
+    ``labels`` = ``Y </s> tgt_code``, ``decoder_input_ids`` = ``tgt_code Y </s>`` (shift_tokens_right), masks."""
+    rng = np.random.default_rng(seed)
+    n_spm = vocab - 27
+    out = {}
+    for name, length, code in (("input_ids", src_len, src_code), ("labels", tgt_len, tgt_code)):
+        lengths = rng.integers(3, length + 1, rows)
+        lengths[0] = length
+        ids = np.full((rows, length), 1, np.int64)
+        for r, n in enumerate(lengths):
+            ids[r, :n] = [*rng.integers(4, n_spm + 1, n - 2), 2, code]
+        out[name] = ids
+    out["attention_mask"] = (out["input_ids"] != 1).astype(np.int64)
+    labels = out["labels"]
+    out["decoder_input_ids"] = np.asarray(tr.models.mbart.modeling_mbart.shift_tokens_right(torch.tensor(labels), 1))
+    out["decoder_attention_mask"] = (labels != 1).astype(np.int64)
+    return out
+
+
+def mbart_torch_logits(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    keys = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
+    with torch.no_grad():
+        return model(**{k: torch.tensor(inputs[k]) for k in keys}).logits.numpy()
+
+
+def tiny_mbart_tokenizer(directory: Path, n_spm: int = MBART_N_SPM, seed_text: str | None = None):
+    """A unigram sentencepiece model of ``n_spm`` pieces saved as ``directory/sentencepiece.bpe.model`` and loaded
+    with ``MBartTokenizer.from_pretrained`` (``len`` = n_spm + 27)."""
+    import sentencepiece as spm
+
+    directory.mkdir(parents=True, exist_ok=True)
+    words = ("the a quick brown fox jumps over lazy dog cat sat on mat le la renard brun saute par dessus chien "
+             "paresseux chat assis sur tapis der die das schnelle braune fuchs springt hund katze").split()
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(words, size=rng.integers(3, 12))) for _ in range(400)]
+    (directory / "corpus.txt").write_text(seed_text or "\n".join(lines))
+    spm.SentencePieceTrainer.train(
+        input=str(directory / "corpus.txt"), model_prefix=str(directory / "sentencepiece.bpe"), vocab_size=n_spm,
+        model_type="unigram", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0,
+        hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    (directory / "corpus.txt").unlink()
+    return tr.MBartTokenizer.from_pretrained(directory, src_lang="en_XX", tgt_lang="fr_XX")

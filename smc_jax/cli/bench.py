@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): ``python scripts/bench.py sparsity|gts|models|commonsense|scaling|esm``.
+"""Benchmarks (not tests): ``python scripts/bench.py sparsity|gts|models|commonsense|scaling|esm|mbart``.
 
 ``gts``: GTS(S) on MAWPS fold 0 at SPEC §1.2's settings (batch 4, hidden 512, beam 5, max length 45): the
 training throughput of the real train step (the engine's jitted, donated step with the sparse optimizer over
@@ -17,6 +17,9 @@ ties), and one jitted, donated step of update + apply of
 compile time reported separately).
 
 ``esm``: an ESM-2 encoder at esm2_t6_8M's shapes against HF PyTorch ``EsmModel`` (:mod:`smc_jax.cli.bench_esm`).
+
+``mbart``: an mBART's label-smoothed training step and beam-5 generation against HF PyTorch, and the memory plan
+of mbart-large-cc25 (:mod:`smc_jax.cli.bench_mbart`).
 
 ``models``: the base encoder ``RobertaModel`` at RoBERTa-base shapes (random weights) on a batch of
 ``--batch`` x ``--length`` tokens (some padding): one jitted ``value_and_grad`` step (forward + backward,
@@ -64,6 +67,7 @@ import optax
 import smc_jax.sparsity as sp
 from smc_jax.cli.bench_common import CONFIGS, block, machine, timed
 from smc_jax.cli.bench_esm import add_esm_parser, bench_esm
+from smc_jax.cli.bench_mbart import add_mbart_parser, bench_mbart
 from smc_jax.cli.bench_gts import bench_gts, bench_scaling
 from smc_jax.cli.bench_roberta import MODEL_CONFIGS, bench_commonsense, bench_models
 
@@ -224,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     scaling.add_argument("--epochs", type=int, default=50, help="run length the schedules are built for")
     scaling.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
     add_esm_parser(sub)
+    add_mbart_parser(sub)
     return top
 
 
@@ -245,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_models(args)
     elif args.bench == "esm":
         bench_esm(args)
+    elif args.bench == "mbart":
+        bench_mbart(args)
     elif args.bench == "commonsense":
         bench_commonsense(args)
     elif args.bench == "scaling":

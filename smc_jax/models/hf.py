@@ -20,7 +20,10 @@ embeddings, zero biases, unit LayerNorm scales).
 Families: ``bert``, ``roberta`` (:mod:`~smc_jax.models.bert`) and ``esm`` (:mod:`~smc_jax.models.esm`, base
 encoder only; ``contact_head``, ``pooler``, ``lm_head`` and ESM-2's unused ``position_embeddings`` are
 skipped; the rotary ``inv_freq`` buffer, per layer or model-level, becomes the config's
-``rotary_inv_freq``). New families (mBART) add a :class:`Family` to :data:`FAMILIES`.
+``rotary_inv_freq``) and ``mbart`` (:mod:`~smc_jax.models.mbart`, ``MBartForConditionalGeneration``; the shared
+embedding from the first present of ``model.shared.weight``, ``model.{encoder,decoder}.embed_tokens.weight`` and
+``lm_head.weight``; ``final_logits_bias`` zeros when absent; the vocabulary as stored, see
+:mod:`~smc_jax.models.mbart_vocab` for the fairseq layout). New families add a :class:`Family` to :data:`FAMILIES`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from smc_jax.models import bert, esm
+from smc_jax.models import bert, esm, mbart
 from smc_jax.models.hf_files import (  # noqa: F401  (re-exported: the loader's public surface)
     WEIGHT_FILES,
     CheckpointError,
@@ -160,6 +163,21 @@ def _esm_inv_freq(config: Mapping[str, Any], tensors: Tensors) -> dict[str, Any]
     return {"rotary_inv_freq": tuple(float(v) for v in found[0])}
 
 
+def _build_mbart(config: Mapping[str, Any], head: str | None, dtype: Dtype, **kwargs: Any) -> nn.Module:
+    if head is not None:
+        raise ValueError(f"head {head!r} unknown for mBART: head=None builds MBartForConditionalGeneration (the "
+                         "output projection is the tied shared embedding)")
+    fields = {f.name for f in dataclasses.fields(mbart.MBartConfig)}
+    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+    try:
+        mbart_config = mbart.MBartConfig.from_hf(config, **overrides)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    return mbart.MBartForConditionalGeneration(mbart_config, dtype=dtype, **kwargs)
+
+
+_MBART_SHARED = ("model", "shared", "embedding")
+
 FAMILIES: dict[str, Family] = {name: _bert_like(name) for name in ("bert", "roberta")}
 FAMILIES["esm"] = Family(
     model_type="esm", prefix="esm", build=_build_esm, heads=("lm_head",), optional_base=("pooler",),
@@ -169,6 +187,14 @@ FAMILIES["esm"] = Family(
              r"(^|\.)contact_head\."),
     marker=r"(^|\.)encoder\.emb_layer_norm_after\.",
     from_weights=_esm_inv_freq, config_tensors=r"(^|\.)rotary_embeddings\.inv_freq$",
+)
+
+
+FAMILIES["mbart"] = Family(
+    model_type="mbart", prefix="model", build=_build_mbart, heads=("final_logits_bias",),
+    aliases={_MBART_SHARED: (("model", "shared", "weight"), ("model", "encoder", "embed_tokens", "weight"),
+                             ("model", "decoder", "embed_tokens", "weight"), ("lm_head", "weight"))},
+    marker=r"(^|\.)encoder_attn_layer_norm\.",
 )
 
 
@@ -241,7 +267,7 @@ def _new_leaf(path: Key, shape: tuple[int, ...], dtype: Dtype, std: float, rng: 
     leaf = path[-1]
     if leaf in ("kernel", "embedding"):
         return (rng.standard_normal(shape) * std).astype(dtype)
-    if leaf == "bias":
+    if leaf == "bias" or leaf.endswith("_bias"):  # mBART's final_logits_bias: zeros, as HF
         return np.zeros(shape, dtype)
     if leaf == "scale":
         return np.ones(shape, dtype)
@@ -329,7 +355,8 @@ def from_pretrained(name_or_path: str | os.PathLike, head: str | None = None, dt
     """``(module, params)`` for a hub id or local directory.
 
     ``head``: None (base encoder), ``'multiple_choice'``, ``'sequence_classification'`` or ``'masked_lm'``
-    (BERT/RoBERTa; ESM has only the base encoder). ``dtype``: computation dtype (params stay float32).
+    (BERT/RoBERTa; ESM has only the base encoder; mBART's None is ``MBartForConditionalGeneration``).
+    ``dtype``: computation dtype (params stay float32).
     ``model_type``: when given, the checkpoint's must match. ``seed``: for heads the checkpoint lacks.
     ``module_kwargs``: see :func:`build_module`.
     """

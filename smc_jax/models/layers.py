@@ -1,4 +1,5 @@
-"""Transformer pieces the encoders share (:mod:`~smc_jax.models.bert`, :mod:`~smc_jax.models.esm`).
+"""Transformer pieces the models share (:mod:`~smc_jax.models.bert`, :mod:`~smc_jax.models.esm`,
+:mod:`~smc_jax.models.mbart`).
 
 Factories (:func:`dense`, :func:`layer_norm`, :func:`embed`) build Flax layers whose every kernel, bias,
 scale and embedding carries logical axis names (``nn.with_logical_partitioning``), computing in ``dtype``
@@ -9,10 +10,13 @@ module's submodules under ``name``. The axis names are those of :mod:`smc_jax.tr
 
 :class:`MultiHeadAttention` is HF's ``*SelfAttention`` module: the ``query``/``key``/``value`` projections
 and the attention itself, returning the concatenated heads (the output projection belongs to the caller,
-whose naming differs per model). Masks are boolean, ``True`` where a query may attend to a key,
-broadcastable to ``[batch, heads, queries, keys]``; :func:`padding_mask` makes the key-padding one, and a
-causal mask can be combined with it by ``&``. Without active attention dropout the attention runs through
-``jax.nn.dot_product_attention``; with it, explicitly (float32 softmax, dropout on the probabilities, as HF).
+whose naming differs per model, unless ``out_name`` names one inside). It also does cross-attention
+(keys/values from another sequence, or already projected as a :class:`KeyValue`) and incremental
+self-attention over a :class:`KeyValue` cache. Masks are boolean, ``True`` where a query may attend to a key,
+broadcastable to ``[batch, heads, queries, keys]``; :func:`padding_mask` makes the key-padding one and
+:func:`causal_mask` the causal one (with an offset for cached decoding); they combine by ``&``. Without
+active attention dropout the attention runs through ``jax.nn.dot_product_attention``; with it, explicitly
+(float32 softmax, dropout on the probabilities, as HF).
 Rotary position embeddings (:func:`rotary_tables`, :func:`apply_rotary`) rotate the halves of each head
 (GPT-NeoX/ESM layout, not interleaved).
 """
@@ -20,7 +24,7 @@ Rotary position embeddings (:func:`rotary_tables`, :func:`apply_rotary`) rotate 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -92,6 +96,27 @@ def padding_mask(attention_mask: jax.Array) -> jax.Array:
     return attention_mask[:, None, None, :].astype(bool)
 
 
+def causal_mask(queries: int, keys: int | None = None, offset: int | jax.Array = 0) -> jax.Array:
+    """Boolean ``[1, 1, queries, keys]``: query i (at position ``offset + i``) sees keys ``0 .. offset + i``.
+    ``keys`` defaults to ``queries``; ``offset`` may be traced (the cache index in incremental decoding)."""
+    keys = queries if keys is None else keys
+    return (jnp.arange(keys)[None, :] <= offset + jnp.arange(queries)[:, None])[None, None]
+
+
+class KeyValue(NamedTuple):
+    """Projected keys and values ``[batch, length, heads, head_dim]``: a source sequence's, computed once for
+    cross-attention, or an incremental self-attention cache (``length`` = the longest decoded sequence)."""
+
+    key: jax.Array
+    value: jax.Array
+
+    @classmethod
+    def zeros(cls, batch: int, length: int, heads: int, head_dim: int, dtype: Dtype = jnp.float32) -> KeyValue:
+        """An empty cache."""
+        shape = (batch, length, heads, head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
 # ------------------------------------------------------------------------------------------------- rotary
 
 def rotary_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -135,13 +160,15 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, 
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention: projections named ``names`` (query, key, value), then attention; returns
-    the concatenated heads ``[batch, length, features]``.
+    """Multi-head attention: projections named ``names`` (query, key, value), then attention; returns the
+    concatenated heads ``[batch, length, features]``, or their projection back to the query's width by the
+    Dense ``out_name`` when one is named (HF's ``out_proj`` inside the attention module, mBART).
 
     ``features``: joined heads x head_dim width. ``scale_query``: multiply the query by head_dim**-0.5 right
     after its projection (before any rotary embedding) and leave the logits unscaled (ESM); otherwise the
     logits are divided by sqrt(head_dim) (BERT). ``dropout_rate``: on the attention probabilities, active
-    when ``deterministic`` is False (one ``nn.Dropout`` submodule, ``Dropout_0``).
+    when ``deterministic`` is False (one ``nn.Dropout`` submodule, ``Dropout_0``; one draw per batch row,
+    head, query and key).
     """
 
     num_heads: int
@@ -150,6 +177,7 @@ class MultiHeadAttention(nn.Module):
     scale_query: bool = False
     init_std: float = 0.02
     names: tuple[str, str, str] = ("query", "key", "value")
+    out_name: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -164,20 +192,59 @@ class MultiHeadAttention(nn.Module):
         return y.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool,
-                 rotary: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
-        """``mask``: boolean, broadcastable to ``[batch, heads, length, length]``; ``rotary``: ``(cos, sin)``
-        from :func:`rotary_tables`, applied to the query and key."""
+    def __call__(self, x: jax.Array | None, mask: jax.Array | None, deterministic: bool,
+                 rotary: tuple[jax.Array, jax.Array] | None = None, *, kv: jax.Array | KeyValue | None = None,
+                 cache: KeyValue | None = None, cache_index: int | jax.Array = 0,
+                 ) -> jax.Array | KeyValue | tuple[jax.Array, KeyValue]:
+        """Attention of the queries ``x`` ``[batch, length, width]``.
+
+        ``mask``: boolean, broadcastable to ``[batch, heads, queries, keys]``; ``rotary``: ``(cos, sin)`` from
+        :func:`rotary_tables`, applied to the query and to keys projected from ``x``.
+        ``kv``: cross-attention source, ``[batch, source, width]`` (projected here) or a :class:`KeyValue`
+        already projected; with ``x=None`` the call returns that :class:`KeyValue` (compute it once per source).
+        When ``kv``'s batch is a divisor of ``x``'s, the rows of ``x`` are groups of ``x_batch / kv_batch``
+        consecutive rows (beams) sharing one source: their queries attend to it without tiling it.
+        ``cache``: incremental self-attention; this call's keys/values are written into it at positions
+        ``cache_index ..`` and the queries attend over the whole cache (``mask`` must hide the positions
+        not yet written, e.g. :func:`causal_mask` with ``offset=cache_index``); returns ``(out, cache)``.
+        """
         if self.features % self.num_heads:
             raise ValueError(f"features {self.features} is not a multiple of num_heads {self.num_heads}")
-        q, k, v = (self.project(x, name) for name in self.names)
+        _, key_name, value_name = self.names
+        if x is None:
+            if kv is None or isinstance(kv, KeyValue):
+                raise ValueError("x=None projects the keys/values of kv: pass kv as an array")
+            return KeyValue(self.project(kv, key_name), self.project(kv, value_name))
+        q = self.project(x, self.names[0])
+        if kv is None:
+            k, v = self.project(x, key_name), self.project(x, value_name)
+        elif isinstance(kv, KeyValue):
+            k, v = kv
+        else:
+            k, v = self.project(kv, key_name), self.project(kv, value_name)
         scale = None
         if self.scale_query:
             q, scale = q * self.head_dim**-0.5, 1.0
         if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            q = apply_rotary(q, *rotary)
+            k = apply_rotary(k, *rotary) if kv is None else k
+        if cache is not None:
+            if kv is not None:
+                raise ValueError("a key/value cache is for self-attention (kv must be None)")
+            index = (0, cache_index, 0, 0)
+            cache = KeyValue(jax.lax.dynamic_update_slice(cache.key, k.astype(cache.key.dtype), index),
+                             jax.lax.dynamic_update_slice(cache.value, v.astype(cache.value.dtype), index))
+            k, v = cache
+        if k.shape[0] != q.shape[0]:
+            if q.ndim != 4 or q.shape[0] % k.shape[0]:
+                raise ValueError(f"queries of batch {q.shape[0]} cannot share keys/values of batch {k.shape[0]}")
+            q = q.reshape(k.shape[0], -1, *q.shape[2:])
         dropout = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout = lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=False)  # noqa: E731
         out = attend(q, k, v, mask, scale=scale, dropout=dropout)
-        return out.reshape(*x.shape[:-1], self.features)
+        out = out.reshape(*x.shape[:-1], self.features)
+        if self.out_name is not None:
+            out = dense(x.shape[-1], ("heads", "embed"), name=self.out_name, std=self.init_std, dtype=self.dtype,
+                        param_dtype=self.param_dtype)(out)
+        return out if cache is None else (out, cache)
