@@ -93,8 +93,8 @@ def _salts(masks: PyTree) -> PyTree:
 
 
 def _orders(masks: list[jax.Array], salts: list[jax.Array], seed: jax.Array):
-    """The ``tie_keys`` callable of :func:`select_top`: each leaf's hash order under ``seed``."""
-    return lambda: [tie_order(m.shape, s, seed) for m, s in zip(masks, salts)]
+    """The ``tie_keys`` callable of :func:`select_top`: leaf i's hash order under ``seed``."""
+    return lambda i: tie_order(masks[i].shape, salts[i], seed)
 
 
 def _seed(seed: Any) -> jax.Array:

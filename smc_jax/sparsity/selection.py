@@ -123,7 +123,7 @@ def _pick_bins(hists: jax.Array, k: jax.Array, per_leaf: bool) -> tuple[jax.Arra
     return b, above
 
 
-TieKeys = Callable[[], Sequence[jax.Array]]
+TieKeys = Callable[[int], jax.Array]
 
 
 def select_top(
@@ -133,8 +133,8 @@ def select_top(
     """Bool masks keeping the valid positions with the largest keys: ``min(k, #valid)`` of them over all
     leaves, or with ``per_leaf`` ``min(k[i], #valid in leaf i)`` in each leaf i (fewer under ``'faithful'``).
 
-    ``tie_keys`` (needed by ``'random'``) returns one ``uint32`` order per leaf, distinct within a leaf;
-    it is called only when ties straddle the threshold. ``unique=True`` promises distinct keys among the
+    ``tie_keys(i)`` (needed by ``'random'``) returns leaf i's ``uint32`` order, distinct within the leaf;
+    it is evaluated only where ties straddle the threshold. ``unique=True`` promises distinct keys among the
     valid positions (per leaf with ``per_leaf``) and skips the tie pass. Per-leaf work is one histogram per
     pass and the final elementwise masks; the bookkeeping runs on ``[leaves, bins]`` arrays, which keeps
     compile time linear in the number of leaves.
@@ -171,26 +171,29 @@ def select_top(
         fits = (take == ties) if per_leaf else jnp.broadcast_to(need == ties.sum(dtype=jnp.uint32), (n,))
         return [s | (t & fits[i]) for i, (s, t) in enumerate(zip(strict, at_tau))]
     full = [a & (take[i] == ties[i]) for i, a in enumerate(at_tau)]  # leaves that keep all their ties
+    if tie_break == "random" and tie_keys is None:
+        raise ValueError("tie_break='random' needs tie_keys")
 
-    def earliest_ties():
-        # Also keep the first `take` ties by row-major position in the leaves that keep part of their ties
-        # (only the boundary leaf for a global selection).
-        candidates = [t & partial[i] for i, t in enumerate(at_tau)]
-        positions = [_first_positions_key(t.shape) for t in at_tau]
-        chosen = select_top(positions, candidates, jnp.where(partial, take, 0), per_leaf=True, unique=True)
+    def tie_key(i: int) -> jax.Array:
+        return tie_keys(i) if tie_break == "random" else _first_positions_key(at_tau[i].shape)
+
+    if per_leaf:
+        # One cond per leaf, so the tie pass runs only over the leaves whose ties straddle their threshold.
+        def leaf_ties(i: int) -> jax.Array:
+            def some_ties():  # the `take` ties with the largest order keys (a bijection within the leaf)
+                return select_top([tie_key(i)], [at_tau[i]], take[i][None], per_leaf=True, unique=True)[0]
+
+            return lax.cond(partial[i], some_ties, lambda: full[i])
+
+        return [s | leaf_ties(i) for i, s in enumerate(strict)]
+
+    def some_ties():
+        if tie_break == "random":  # `need` ties over all leaves by the hash order; equal hashes go by position
+            return select_top([tie_key(i) for i in range(n)], at_tau, need, tie_break="position")
+        # the first `take` ties by row-major position in the boundary leaf
+        chosen = select_top([tie_key(i) for i in range(n)], [t & partial[i] for i, t in enumerate(at_tau)],
+                            jnp.where(partial, take, 0), per_leaf=True, unique=True)
         return [f | c for f, c in zip(full, chosen)]
 
-    def random_ties():
-        if tie_keys is None:
-            raise ValueError("tie_break='random' needs tie_keys")
-        order = list(tie_keys())
-        if per_leaf:  # the order is a bijection within a leaf
-            candidates = [t & partial[i] for i, t in enumerate(at_tau)]
-            chosen = select_top(order, candidates, jnp.where(partial, take, 0), per_leaf=True, unique=True)
-            return [f | c for f, c in zip(full, chosen)]
-        # `need` ties over all leaves by the hash order; equal hashes across leaves go by position.
-        return select_top(order, at_tau, need, tie_break="position")
-
-    branch = random_ties if tie_break == "random" else earliest_ties
-    kept_ties = lax.cond(partial.any(), branch, lambda: full)
+    kept_ties = lax.cond(partial.any(), some_ties, lambda: full)
     return [s | t for s, t in zip(strict, kept_ties)]
