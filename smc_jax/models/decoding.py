@@ -191,7 +191,10 @@ def beam_search(step_fn: StepFn, cache: PyTree, start_ids: jax.Array, config: Be
         logits, cache = step_fn(s.seqs[:, :, s.t], s.t, s.cache)
         lp = _step_log_probs(logits, s.t, prefix, c)
         vocab = lp.shape[-1]
-        top, index = jax.lax.top_k((s.cum[:, :, None] + lp).reshape(B, K * vocab), 2 * K)
+        # the barrier keeps XLA from folding top_k's slices into their users, which turns the CPU's TopK
+        # into a full sort of the [B, K * vocab] scores
+        top, index = jax.lax.optimization_barrier(
+            jax.lax.top_k((s.cum[:, :, None] + lp).reshape(B, K * vocab), 2 * K))
         beam, token = index // vocab, index % vocab
         token_lp = jnp.take_along_axis(lp.reshape(B, K * vocab), index, axis=1)
         is_eos = (token == c.eos_id) & jnp.isfinite(top)
