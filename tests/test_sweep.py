@@ -227,8 +227,9 @@ def test_help_documents_the_flags(capsys):
     ([], "give --gin_file=FILE"),
     (["--task=mawps"], "the config names no algorithm (Experiment.algorithm): give --algorithms="),
     (["--gin_file=gin/tasks/csqa.gin", "--seeds=1"], "the config names no algorithm"),
-    (["--task=cola", "--algorithms=rigl"], "unknown task 'cola' (no gin/tasks/cola.gin); tasks: asdiv, csqa, mawps, "
-                                           "race, svamp, winogrande"),
+    (["--task=cola", "--algorithms=rigl"], "unknown task 'cola' (no gin/tasks/cola.gin); tasks: asdiv, csqa, hps, "
+                                           "hps2c2, mawps, meltome, meltome_regression, race, stability, svamp, "
+                                           "winogrande"),
     (["--task=mawps", "--algorithms=rigl,nope"], "unknown algorithm 'nope'"),
     (["--task=mawps", "--algorithms=rigl", "--gin.Experiment.algorithm=@GMP()"],
      "algorithms/rigl.gin does not set the algorithm: a binding sets Experiment.algorithm to 'gmp'"),

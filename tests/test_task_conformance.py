@@ -30,7 +30,15 @@ def commonsense(shared_data, tiny_roberta):
                                 batch_size=4, max_length=64, length_buckets=(64,), eval_batch_size=4)
 
 
-FACTORIES = {"arithmetic": arithmetic, "commonsense": commonsense}
+def protein(shared_data, tiny_roberta):
+    # an ESM built from a config (no checkpoint), as tests/test_protein_task.py's
+    return TASKS["protein"](dataset="stability", pretrained=None, data_dir=str(shared_data / "tape_stability"),
+                            model_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                          "intermediate_size": 64},
+                            max_train_examples=8, max_eval_examples=8, batch_size=4, length_buckets=(64,))
+
+
+FACTORIES = {"arithmetic": arithmetic, "commonsense": commonsense, "protein": protein}
 
 
 def test_every_registered_family_has_a_conformance_factory():

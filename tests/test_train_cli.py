@@ -245,12 +245,18 @@ def test_every_top_level_gin_file_builds_its_experiment():
             assert ("FOLD" in macros) == (dataset != "svamp"), name
             assert f"ArithmeticTask.dataset = '{dataset}'" in task_settings
             assert not getattr(experiment.algorithm, "fairseq_order", False), name
-        else:  # commonsense: no FOLD, steps (CSQA, WinoGrande) or epochs (RACE), fairseq's mask-step order
+        elif dataset in ("csqa", "winogrande", "race"):
+            # commonsense: no FOLD, steps (CSQA, WinoGrande) or epochs (RACE), fairseq's mask-step order
             assert "FOLD" not in macros and experiment.fold is None and "MAX_LENGTH" in macros, name
             assert ("TRAIN_STEPS" in macros) == (dataset != "race") == (experiment.train_steps is not None), name
             assert macros["UPDATE_FREQUENCY"] == 500 and macros["PRETRAINED"] == "roberta-large", name
             assert f"CommonsenseTask.dataset = '{dataset}'" in task_settings
             assert getattr(experiment.algorithm, "fairseq_order", algorithm == "dense"), name
+        else:  # protein, SMC-Bench's finetune_sup.py: epochs, seed 1, ESM-1b
+            assert f"ProteinTask.dataset = '{dataset}'" in task_settings, name
+            assert (experiment.fold is None) == (dataset != "hps2c2") == ("FOLD" not in macros), name  # HP-S2C2's folds
+            assert experiment.train_steps is None and experiment.seed == 1, name
+            assert macros["PRETRAINED"] == "facebook/esm1b_t33_650M_UR50S" and macros["UPDATE_FREQUENCY"] == 500, name
     # one shortcut per dataset and algorithm
     assert built == {(task, algorithm) for task in TASK_NAMES for algorithm in sp.ALGORITHMS}
     gin.clear_config()

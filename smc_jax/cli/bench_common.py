@@ -14,6 +14,7 @@ import jax
 import smc_jax.sparsity as sp
 
 if TYPE_CHECKING:
+    from smc_jax.tasks import Task
     from smc_jax.train.pipelines import Experiment
 
 CONFIGS = ("dense", "static", "rigl")
@@ -59,6 +60,26 @@ def bench_algorithm(name: str, update_frequency: int, fairseq_order: bool = Fals
     if name == "rigl":
         return sp.RigL(sparsity=0.5, update_frequency=update_frequency, fairseq_order=fairseq_order)
     raise ValueError(f"unknown configuration {name!r}: use dense, static or rigl")
+
+
+def compiled_run(name: str, task: Task, optimizer, params, prunable, batch, update_frequency: int, total_steps: int, *,
+                 key: jax.Array, fairseq_order: bool = False) -> dict:
+    """A configuration of :data:`CONFIGS` ready to time: ``sparse_optimizer(optimizer)`` over ``params``, the engine's
+    train step for ``task`` (only its ``loss`` and ``param_groups`` are used), compiled by a first call on ``batch``
+    (and a first mask update when the algorithm is dynamic). Returns ``{"state", "run_step", "first", "times"}``,
+    ``first`` holding the seconds of those first calls (``"train"``, ``"update"``)."""
+    from smc_jax.train.steps import init_state, train_step
+
+    algorithm = bench_algorithm(name, update_frequency, fairseq_order=fairseq_order)
+    masks = algorithm.init_masks(params, prunable, key=key)
+    tx = sp.sparse_optimizer(optimizer, algorithm, masks, total_steps)
+    state = init_state(sp.apply_masks(params, masks), tx, seed=0)
+    run_step = train_step(task, tx)
+    first = {}
+    state, _, first["train"] = run_round(state, run_step, [batch])
+    if algorithm.dynamic:
+        state, _, first["update"] = run_round(state, run_step, [batch], hint=True)
+    return {"state": state, "run_step": run_step, "first": first, "times": {k: [] for k in first}}
 
 
 def recipe(task_gin: str, gin_files: Sequence[str] = ("algorithms/dense.gin",)) -> Experiment:

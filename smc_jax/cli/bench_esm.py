@@ -9,6 +9,12 @@ and read back through :func:`smc_jax.models.from_pretrained`) and calls ``loss.b
 ``--torch_threads`` threads (SDPA attention). Figures: medians of ``--rounds`` interleaved rounds (a round
 runs ``--round_steps`` steps of every configuration and of PyTorch in turn); JAX compile time and PyTorch's
 first step are reported separately, then the PyTorch / JAX step-time ratio per configuration.
+
+``--compare sparse`` times the protein task's sparse fine-tuning step instead: the engine's jitted train step
+(:func:`smc_jax.train.steps.train_step`) of the same encoder with mean pooling and SMC-Bench's head (MSE on random
+targets), the protein recipe's optimizer (AdamW, OneCycle, frozen head) and masking rule, read from
+``gin/tasks/protein.gin``, for Dense and for RigL at sparsity 0.5 (non-update steps, the mask-update step, and
+their average over ``--update_frequency`` steps); the RigL / Dense ratio of the average step (target <= 1.05).
 """
 
 from __future__ import annotations
@@ -81,6 +87,8 @@ def _torch_step(model, ids: np.ndarray, mask: np.ndarray):
 
 
 def bench_esm(args: argparse.Namespace) -> None:
+    if args.compare == "sparse":
+        return bench_esm_sparse(args)
     from smc_jax.models import from_pretrained
 
     names = args.configs.split(",")
@@ -148,6 +156,84 @@ def bench_esm(args: argparse.Namespace) -> None:
               f"(> 1: JAX faster)")
 
 
+class _ProteinShim:
+    """What ``steps.train_step`` and the optimizer need of a task: ``loss(params, batch, key)`` (the protein task's
+    forward: encoder, mean pooling over ids >= 2, head; MSE) and ``param_groups``."""
+
+    def __init__(self, encoder, head):
+        from smc_jax.tasks.protein.head import HEAD_PATTERN
+
+        self.encoder, self.head, self.param_groups = encoder, head, {"head": HEAD_PATTERN}
+
+    def loss(self, params, batch, key):
+        from smc_jax.tasks.protein.head import mean_pool
+
+        hidden = self.encoder.apply({"params": params["esm"]}, batch["input_ids"], batch["attention_mask"],
+                                    deterministic=False, rngs={"dropout": key}).last_hidden_state
+        pooled = mean_pool(hidden, batch["input_ids"], batch["attention_mask"])
+        out = self.head.apply({"params": params["head"]}, pooled)[:, 0]
+        return jnp.mean(jnp.square(out - batch["targets"]))
+
+
+def bench_esm_sparse(args: argparse.Namespace) -> None:
+    """Dense vs RigL 0.5 train steps of the protein task at esm2_t6_8M's shapes (see the module docstring)."""
+    import flax.linen as nn
+
+    import smc_jax.sparsity as sp
+    from smc_jax.cli.bench_common import compiled_run, recipe, run_round
+    from smc_jax.models import esm
+    from smc_jax.tasks.protein.head import Encoder, PropertyHead, encoder_params
+
+    if min(args.batch, args.length - 2, args.layers, args.rounds, args.round_steps, args.update_frequency) < 1:
+        raise SystemExit("--batch, --layers, --rounds, --round_steps, --update_frequency must be >= 1, --length >= 3")
+    config = esm.EsmConfig.from_hf(esm2_t6_config(args.layers))
+    encoder = esm.EsmModel(config)
+    head = PropertyHead(512, 1)
+    head_params = jax.jit(head.init)(jax.random.key(1), jnp.zeros((1, config.hidden_size)))["params"]
+    params0 = {"esm": encoder_params(Encoder(encoder, None, {}, "esm"), jax.random.key(0)),
+               "head": nn.meta.unbox(head_params)}
+    ids, mask = protein_batch(args.batch, args.length)
+    targets = np.random.default_rng(1).normal(size=args.batch).astype(np.float32)
+    batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask), "targets": jnp.asarray(targets)}
+    exp = recipe("tasks/protein.gin")
+    shim = _ProteinShim(encoder, head)
+    prunable = exp.mask_rules.masks(params0, "rigl")
+    n_params = sum(x.size for x in jax.tree.leaves(params0))
+    print(f"protein task step, esm2_t6_8M shapes with {args.layers} layers ({n_params / 1e6:.1f}M params, "
+          f"{sp.num_prunable(prunable) / 1e6:.1f}M prunable), batch {args.batch} x length {args.length}; "
+          f"protein recipe optimizer and masking rule; {machine()}", flush=True)
+    total = args.update_frequency * 10  # the run length the schedule and the sparse optimizer are built for
+    runs = {}
+    for name in ("dense", "rigl"):  # build and compile every configuration first
+        runs[name] = compiled_run(name, shim, exp.optimizer.build(shim.param_groups, 1, total), params0, prunable,
+                                  batch, args.update_frequency, total, key=jax.random.key(2))
+        print(f"{name}: first calls (compile + one run) "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in runs[name]["first"].items()), flush=True)
+    for r in range(args.rounds):  # rounds interleave the configurations, so drift hits them alike
+        for run in runs.values():
+            state, _, seconds = run_round(run["state"], run["run_step"], [batch] * args.round_steps)
+            run["times"]["train"].append(seconds / args.round_steps)
+            if "update" in run["times"]:
+                state, _, seconds = run_round(state, run["run_step"], [batch], hint=True)
+                run["times"]["update"].append(seconds)
+            run["state"] = state
+        print(f"round {r + 1}: " + ", ".join(f"{n} {v['times']['train'][-1] * 1e3:.0f} ms" for n, v in runs.items()),
+              flush=True)
+    f = args.update_frequency
+    print(f"\n{'config':8s} {'step ms':>8s} {'update step ms':>15s} {'avg step ms':>12s}")
+    averages = {}
+    for name, run in runs.items():
+        med = {k: statistics.median(v) for k, v in run["times"].items()}
+        averages[name] = ((f - 1) * med["train"] + med["update"]) / f if "update" in med else med["train"]
+        update = f"{med['update'] * 1e3:.0f}" if "update" in med else "-"
+        print(f"{name:8s} {med['train'] * 1e3:8.0f} {update:>15s} {averages[name] * 1e3:12.0f}")
+    print(f"step: the engine's jitted, donated train step, non-update (hint False); update step: RigL's mask update "
+          f"(hint True); avg step: ({f - 1}*step + update step)/{f}; medians of {args.rounds} interleaved rounds of "
+          f"{args.round_steps} step(s)")
+    if "dense" in averages and "rigl" in averages:
+        print(f"rigl / dense: {averages['rigl'] / averages['dense']:.3f} (average step; target <= 1.05)")
+
+
 def add_esm_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``esm`` benchmark to ``subparsers`` (of ``argparse``); returns its parser."""
     p = subparsers.add_parser("esm", help="ESM-2 (t6_8M shapes) fwd+bwd step, JAX vs HF PyTorch on the CPU")
@@ -158,6 +244,9 @@ def add_esm_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--round_steps", type=int, default=1, help="steps per configuration and round")
     p.add_argument("--configs", default="fp32", help="comma-separated JAX configurations: " + ", ".join(ESM_CONFIGS))
     p.add_argument("--torch_threads", type=int, default=2, help="torch.set_num_threads for the PyTorch step")
+    p.add_argument("--compare", choices=("pytorch", "sparse"), default="pytorch",
+                   help="pytorch: JAX vs HF PyTorch; sparse: the protein task's train step, Dense vs RigL 0.5")
+    p.add_argument("--update_frequency", type=int, default=500, help="--compare sparse: RigL's UPDATE_FREQUENCY")
     return p
 
 

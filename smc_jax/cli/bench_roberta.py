@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 import smc_jax.sparsity as sp
-from smc_jax.cli.bench_common import bench_algorithm, block, machine, recipe, run_round, timed
+from smc_jax.cli.bench_common import block, compiled_run, machine, recipe, run_round, timed
 
 
 # --- RoBERTa-base encoders (random weights) -----------------------------------------------------------------
@@ -161,7 +161,6 @@ class _MultipleChoiceShim:
 
 def bench_commonsense(args: argparse.Namespace) -> None:
     from smc_jax.models.bert import build
-    from smc_jax.train.steps import init_state, train_step
 
     if args.batch % args.choices:
         raise SystemExit(f"--batch {args.batch} must be a multiple of --choices {args.choices}")
@@ -185,19 +184,13 @@ def bench_commonsense(args: argparse.Namespace) -> None:
     csqa = recipe("tasks/csqa.gin").optimizer  # the shim has no parameter groups
     runs = {}
     for name in args.configs.split(","):  # build and compile every configuration first
-        algorithm = bench_algorithm(name, args.update_frequency, fairseq_order=True)
-        masks = algorithm.init_masks(params0, prunable, key=jax.random.key(1))
-        tx = sp.sparse_optimizer(csqa.build({}, None, total), algorithm, masks, total)
-        state = init_state(sp.apply_masks(params0, masks), tx, seed=0)
-        run_step = train_step(shim, tx)
-        first = {}
-        state, _, first["train"] = run_round(state, run_step, [batch])
-        if algorithm.dynamic:
-            state, _, first["update"] = run_round(state, run_step, [batch], hint=True)
-        first["eval"] = timed(predict, state["params"], ids, mask)
-        runs[name] = {"state": state, "run_step": run_step, "first": first, "times": {k: [] for k in first}}
-        print(f"{name}: first calls (compile + one run) " + ", ".join(f"{k} {v:.1f} s" for k, v in first.items()),
-              flush=True)
+        run = compiled_run(name, shim, csqa.build({}, None, total), params0, prunable, batch, args.update_frequency,
+                           total, key=jax.random.key(1), fairseq_order=True)
+        run["first"]["eval"] = timed(predict, run["state"]["params"], ids, mask)
+        run["times"]["eval"] = []
+        runs[name] = run
+        print(f"{name}: first calls (compile + one run) "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in run["first"].items()), flush=True)
 
     for r in range(args.rounds):  # rounds interleave the configurations, so drift hits them alike
         for run in runs.values():

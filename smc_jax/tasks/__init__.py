@@ -4,7 +4,9 @@ instance's ``name`` is its dataset or setting (``'mawps'``), what ``summary.json
 from smc_jax.tasks.arithmetic import ArithmeticTask
 from smc_jax.tasks.base import BatchStream, EpochStream, EvalChunk, Task, TaskBase
 from smc_jax.tasks.commonsense import CommonsenseTask
+from smc_jax.tasks.protein import ProteinTask
 
-TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "commonsense": CommonsenseTask}
+TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "commonsense": CommonsenseTask, "protein": ProteinTask}
 
-__all__ = ["TASKS", "ArithmeticTask", "BatchStream", "CommonsenseTask", "EpochStream", "EvalChunk", "Task", "TaskBase"]
+__all__ = ["TASKS", "ArithmeticTask", "BatchStream", "CommonsenseTask", "EpochStream", "EvalChunk", "ProteinTask",
+           "Task", "TaskBase"]

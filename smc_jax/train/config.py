@@ -2,7 +2,8 @@
 
 The sparsity core and the tasks stay free of gin (DESIGN.md); this module registers them, once, under
 their class names (``RigL.sparsity = %SPARSITY``, ``Experiment.task = @ArithmeticTask``): the algorithms, every
-task family of ``smc_jax.tasks.TASKS``, the optimizer and its schedules, and the engine's settings.
+task family of ``smc_jax.tasks.TASKS``, the optimizer and its schedules (with the protein head's optimizer group,
+``protein_head_group``), and the engine's settings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import gin
 
 from smc_jax import sparsity as sp
 from smc_jax.tasks import TASKS
+from smc_jax.tasks.protein import protein_head_group
 from smc_jax.train.optim import SCHEDULES, Optimizer
 from smc_jax.train.partitioning import Partitioning
 from smc_jax.train.pipelines import Experiment
@@ -19,7 +21,7 @@ from smc_jax.train.trainer import MaskRules, TrainConfig
 ALGORITHM_CLASSES = (sp.Dense, sp.LTH, sp.OMPAfter, sp.RandomAfter, sp.GMP, sp.OMPBefore, sp.RandomBefore, sp.SNIP,
                      sp.RigL)
 CONFIGURABLES = (*ALGORITHM_CLASSES, *TASKS.values(), Optimizer, *SCHEDULES, Experiment, MaskRules, Partitioning,
-                 TrainConfig)
+                 TrainConfig, protein_head_group)
 
 _registered: dict[str, type] = {}
 

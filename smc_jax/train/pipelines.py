@@ -155,7 +155,14 @@ def ensure_dense(exp: Experiment, task: Task, dense_workdir: Path) -> tuple[Any,
     else:
         _check_not_diverged(summary, dense_workdir)
         _log(task, f"reusing the dense run in {dense_workdir} (reported {summary['reported']:.2f})")
-    best, _ = _best(dense_workdir, initial, masks)
+    try:
+        best, _ = _best(dense_workdir, initial, masks)
+    except ValueError as err:  # a dense run of other settings (e.g. a head with another num_classes)
+        if "belongs to another model/config" not in str(err):
+            raise
+        raise ValueError(f"DENSE_WORKDIR {dense_workdir} is a dense run of other settings ({err}); point "
+                         "DENSE_WORKDIR at a dense run of this task and model (same num_classes / head) or unset "
+                         "it") from None
     return initial, best, summary
 
 
