@@ -10,7 +10,8 @@ import pytest
 from conftest import SHARED_DATA
 
 from smc_jax.tasks.arithmetic import data
-from smc_jax.tasks.arithmetic.task import ArithmeticTask, make_batch, unk_candidates
+from smc_jax.tasks.arithmetic.batches import make_batch, unk_candidates
+from smc_jax.tasks.arithmetic.task import ArithmeticTask
 from smc_jax.tasks.batching import bucket_length
 from smc_jax.train.optim import Optimizer, StepLR
 from smc_jax.train.steps import evaluator
@@ -97,7 +98,8 @@ def test_optimizer_groups_l2_and_step_lr():
         updates, state = tx.update(grads, state, params)
         sizes.append({k: float(jnp.abs(v[next(iter(v))][0, 0])) for k, v in updates.items()})
     # Adam's first step is lr * sign(g): the L2 gradient 0.1 * w is what it sees.
-    assert sizes[0]["embedding"] == pytest.approx(1e-5, rel=1e-3) and sizes[0]["encoder"] == pytest.approx(1e-3, rel=1e-3)
+    assert sizes[0]["embedding"] == pytest.approx(1e-5, rel=1e-3)
+    assert sizes[0]["encoder"] == pytest.approx(1e-3, rel=1e-3)
     # epochs 0-1 (steps 0-5) at lr, epoch 2 (step 6) at lr * 0.5
     assert sizes[5]["encoder"] == pytest.approx(1e-3, rel=1e-3) and sizes[6]["encoder"] == pytest.approx(5e-4, rel=1e-3)
 
@@ -107,6 +109,7 @@ def test_optimizer_groups_l2_and_step_lr():
     ("number_positions", "shifted", "number_positions must be one of"), ("batch_size", 0, "batch_size must be >= 1"),
     ("max_train_examples", 0, "MAX_TRAIN_EXAMPLES"), ("fold", 9, "FOLD must be 0..4"),
     ("dataset", "gsm8k", "unknown arithmetic dataset"), ("dropout", 1.0, "dropout"),
+    ("model", "g2t", r"model \(MODEL\) must be one of"), ("gcn_dropout", 1.0, "gcn_dropout"),
 ])
 def test_bad_settings_name_the_problem(field, value, message):
     with pytest.raises(ValueError, match=message):

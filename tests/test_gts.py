@@ -1,3 +1,5 @@
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -5,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from smc_jax.models.gts import GTS, GenerateNode, Merge, Prediction, make_loss, masked_cross_entropy
+from smc_jax.models.gts import GTS
+from smc_jax.models.tree_decoder import GenerateNode, Merge, Prediction, make_loss, masked_cross_entropy
 from smc_jax.models.tree_schedule import batch_schedule
 
 OPS, G, N, H, E = 4, 2, 3, 8, 6
@@ -25,7 +28,8 @@ def make_batch():
     for (b, t), numbers in UNK_CANDIDATES.items():
         candidates[b, t, [G + i for i in numbers]] = True
     return dict(
-        input_ids=jnp.array([[3, 1, 4, 1, 5, 1, 9], [3, 1, 2, 1, 0, 0, 0], [7, 1, 8, 1, 1, 2, 0], [1, 5, 1, 6, 1, 0, 0]]),
+        input_ids=jnp.array([[3, 1, 4, 1, 5, 1, 9], [3, 1, 2, 1, 0, 0, 0], [7, 1, 8, 1, 1, 2, 0],
+                             [1, 5, 1, 6, 1, 0, 0]]),
         lengths=jnp.array([7, 4, 6, 5]),
         num_pos=jnp.array([[1, 3, 5], [1, 3, 0], [1, 3, 4], [0, 2, 4]]),
         num_count=jnp.array([3, 2, 3, 3]),
@@ -41,28 +45,39 @@ def model():
     return GTS(vocab_size=10, num_ops=OPS, num_generate=G, unk_id=UNK, hidden=H, embedding_size=E)
 
 
+@functools.lru_cache(maxsize=None)
+def reference_cells(m):
+    """The reference's calls, jitted once per model (every example of a batch has the same padded shapes): the
+    model's ``encode_batch`` (any encoder) and the three cells."""
+    return (jax.jit(lambda p, one: m.apply({"params": p}, one, method="encode_batch")),
+            jax.jit(lambda p, *a: Prediction(H, OPS, G).apply({"params": p}, *a)),
+            jax.jit(lambda p, *a: GenerateNode(H, OPS, E).apply({"params": p}, *a)),
+            jax.jit(lambda p, *a: Merge(H).apply({"params": p}, *a)))
+
+
 def reference_logits(m, params, batch, b):
-    """The original train_tree loop for one example: Python stacks, one cell call per step."""
+    """The original train_tree loop for one example (its row of the padded batch): Python stacks, one cell call
+    per step, on ``m.encode_batch``'s outputs (GTS's or Graph2Tree's encoder)."""
     one = {k: v[b:b + 1] for k, v in batch.items()}
-    enc, problem = m.apply({"params": params}, one["input_ids"], one["lengths"], method=GTS.encode)
+    encode, predict, generate, merge = reference_cells(m)
+    enc, problem = encode(params, one)
     dec = params["decoder"]
-    predict, generate, merge = Prediction(H, OPS, G), GenerateNode(H, OPS, E), Merge(H)
     num_enc = enc[:, one["num_pos"][0]]
     num_mask = jnp.arange(G + N)[None] < G + one["num_count"][:, None]
     seq_mask = jnp.arange(enc.shape[1])[None] < one["lengths"][:, None]
     node_stack, subtrees, left, logits = [problem], [], None, []
     for t in range(int(one["target_lengths"][0])):
         has_left = jnp.array([left is not None])
-        num_score, op, q, context, num_emb = predict.apply(
-            {"params": dec["predict"]}, node_stack[-1], left if left is not None else jnp.zeros((1, H)), has_left,
+        num_score, op, q, context, num_emb = predict(
+            dec["predict"], node_stack[-1], left if left is not None else jnp.zeros((1, H)), has_left,
             enc, seq_mask, num_enc, num_mask)
         logits.append(jnp.concatenate([op, num_score], axis=-1)[0])
         target = int(one["targets"][0, t])
         if target == UNK:
             candidates = [G + i for i in UNK_CANDIDATES[(b, t)]]
             target = OPS + max(candidates, key=lambda c: float(num_score[0, c]))
-        left_goal, right_goal, label = generate.apply({"params": dec["generate"]}, q,
-                                                      jnp.array([target if target < OPS else 0]), context)
+        left_goal, right_goal, label = generate(dec["generate"], q, jnp.array([target if target < OPS else 0]),
+                                                context)
         node_stack.pop()
         if target < OPS:
             node_stack += [right_goal, left_goal]
@@ -72,7 +87,7 @@ def reference_logits(m, params, batch, b):
             while subtrees and subtrees[-1][1]:
                 sub = subtrees.pop()[0]
                 op_embedding = subtrees.pop()[0]
-                current = merge.apply({"params": dec["merge"]}, op_embedding, sub, current)
+                current = merge(dec["merge"], op_embedding, sub, current)
             subtrees.append((current, True))
         left = subtrees[-1][0] if subtrees and subtrees[-1][1] else None
     return jnp.stack(logits)
@@ -91,7 +106,8 @@ def test_batched_teacher_forcing_equals_the_step_by_step_reference():
     assert int(jnp.argmax(jnp.where(batch["unk_candidates"][2, 2], logits[2, 2, OPS:], -jnp.inf))) + OPS == resolved
     loss = m.apply({"params": params}, batch)
     lengths = batch["target_lengths"]
-    manual = -sum(float(jax.nn.log_softmax(logits[b, t])[targets[b, t]]) for b in range(4) for t in range(int(lengths[b])))
+    manual = -sum(float(jax.nn.log_softmax(logits[b, t])[targets[b, t]])
+                  for b in range(4) for t in range(int(lengths[b])))
     np.testing.assert_allclose(float(loss), manual / int(lengths.sum()), rtol=1e-5)
 
 
@@ -99,6 +115,9 @@ def test_padding_never_changes_an_example():
     batch = make_batch()
     m = model()
     params = nn.meta.unbox(m.init(jax.random.key(0), batch))["params"]
+    declared = nn.meta.unbox(m.init(jax.random.key(0), batch, method="declare"))["params"]  # the tasks' cheap init
+    for a, b in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_flatten_with_path(declared)[0]):
+        assert a[0] == b[0] and np.array_equal(np.asarray(a[1]), np.asarray(b[1]))
     full, _, _ = m.apply({"params": params}, batch, method=GTS.teacher_forced)
     alone = {k: v[1:2] for k, v in batch.items()}
     alone = {**alone, "input_ids": alone["input_ids"][:, :4], "targets": alone["targets"][:, :3],

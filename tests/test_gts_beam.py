@@ -1,4 +1,5 @@
-"""GTS.beam_search against a step-by-step Python transliteration of the original ``evaluate_tree``."""
+"""GTS.beam_search against a step-by-step Python transliteration of the original ``evaluate_tree``. The helpers take
+a model ``kind`` (``'gts'``, ``'graph2tree'``): tests/test_graph2tree.py runs the same checks on Graph2Tree."""
 
 import functools
 
@@ -8,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from smc_jax.models.gts import GTS, GenerateNode, Merge, Prediction
+from smc_jax.models.graph2tree import Graph2Tree
+from smc_jax.models.gts import GTS
+from smc_jax.models.tree_decoder import GenerateNode, Merge, Prediction
 from smc_jax.models.tree_schedule import batch_schedule
+from smc_jax.tasks.arithmetic import graphs
 
 OPS, G, H, E, VOCAB = 4, 2, 8, 6, 12
 TRAIN_STEPS = 30
@@ -18,21 +22,24 @@ OPTIMIZER = optax.adam(2e-2)
 PROBLEMS = [(7, 3), (4, 1), (9, 4), (5, 2), (6, 3), (3, 2), (8, 1)]
 
 
-def model():
-    return GTS(vocab_size=VOCAB, num_ops=OPS, num_generate=G, unk_id=OPS + G + 4, hidden=H, embedding_size=E)
+def model(kind="gts"):
+    cls = Graph2Tree if kind == "graph2tree" else GTS
+    return cls(vocab_size=VOCAB, num_ops=OPS, num_generate=G, unk_id=OPS + G + 4, hidden=H, embedding_size=E)
 
 
 @functools.lru_cache(maxsize=None)
-def cells():
+def cells(kind="gts"):
     """Jitted single-example cell calls on raw param dicts (cached so shapes compile once)."""
     predict = jax.jit(lambda p, *a: Prediction(H, OPS, G).apply({"params": p}, *a))
     generate = jax.jit(lambda p, *a: GenerateNode(H, OPS, E).apply({"params": p}, *a))
     merge = jax.jit(lambda p, *a: Merge(H).apply({"params": p}, *a))
-    encode = jax.jit(lambda p, ids, lengths: model().apply({"params": p}, ids, lengths, method=GTS.encode))
+    encode = jax.jit(lambda p, one: model(kind).apply({"params": p}, one, method="encode_batch"))
     return predict, generate, merge, encode
 
 
-def make_batch(seed, problems=PROBLEMS):
+def make_batch(seed, problems=PROBLEMS, kind="gts"):
+    """Random problems; for Graph2Tree with their graphs, from random quantity cells and number values (small
+    integers, so equal numbers occur)."""
     rng = np.random.default_rng(seed)
     s_max, n_max = max(p[0] for p in problems), max(p[1] for p in problems)
     ids = np.zeros((len(problems), s_max), np.int32)
@@ -42,57 +49,67 @@ def make_batch(seed, problems=PROBLEMS):
         pos = np.sort(rng.choice(length, count, replace=False))
         ids[b, pos] = 1  # NUM
         num_pos[b, :count] = pos
-    return dict(input_ids=jnp.asarray(ids), lengths=jnp.array([p[0] for p in problems], jnp.int32),
-                num_pos=jnp.asarray(num_pos), num_count=jnp.array([p[1] for p in problems], jnp.int32))
+    batch = dict(input_ids=jnp.asarray(ids), lengths=jnp.array([p[0] for p in problems], jnp.int32),
+                 num_pos=jnp.asarray(num_pos), num_count=jnp.array([p[1] for p in problems], jnp.int32))
+    if kind == "graph2tree":
+        edges = [graphs.graph_edges(graphs.example_graphs(ids[b, :length], num_pos[b, :count],
+                                                          rng.integers(0, length + 2, 4), rng.integers(1, 4, count)))
+                 for b, (length, count) in enumerate(problems)]
+        batch["graph"] = jnp.asarray(graphs.batch_graphs(edges, s_max))
+    return batch
 
 
 # a target prefix tree per problem (N_i = OPS + G + i, generate numbers c0, c1 = OPS, OPS + 1) to train towards
 TARGETS = [[2, 0, 6, 7, 8], [1, 6, 4], [0, 2, 6, 7, 3, 8, 9], [3, 7, 6], [1, 8, 0, 6, 5], [7], [2, 4, 6]]
 
 
-def training_batch(seed):
+def training_batch(seed, kind="gts"):
     length = max(map(len, TARGETS))
     schedule = batch_schedule(TARGETS, OPS, length)
     targets = np.zeros((len(TARGETS), length), np.int32)
     for b, t in enumerate(TARGETS):
         targets[b, :len(t)] = t
     n = max(p[1] for p in PROBLEMS)
-    return dict(make_batch(seed), targets=jnp.asarray(targets), target_lengths=jnp.array([len(t) for t in TARGETS]),
+    return dict(make_batch(seed, kind=kind), targets=jnp.asarray(targets),
+                target_lengths=jnp.array([len(t) for t in TARGETS]),
                 node_slot=jnp.asarray(schedule.node_slot), left_step=jnp.asarray(schedule.left_step),
                 merge_op=jnp.asarray(schedule.merge_op), merge_sub=jnp.asarray(schedule.merge_sub),
                 unk_candidates=jnp.zeros((len(TARGETS), length, G + n), bool))
 
 
-@jax.jit
-def initialize(key, batch):
-    return nn.meta.unbox(model().init(key, batch, method=GTS.teacher_forced))["params"]
+@functools.partial(jax.jit, static_argnums=2)
+def initialize(key, batch, kind="gts"):
+    return nn.meta.unbox(model(kind).init(key, batch, method="teacher_forced"))["params"]
 
 
-@jax.jit
-def train_step(params, state, batch):
+@functools.partial(jax.jit, static_argnums=3)
+def train_step(params, state, batch, kind="gts"):
     """One Adam step on the decoder only (the encoder stays random)."""
-    loss = lambda dec: model().apply({"params": {**params, "decoder": dec}}, batch)  # noqa: E731
+    loss = lambda dec: model(kind).apply({"params": {**params, "decoder": dec}}, batch)  # noqa: E731
     updates, state = OPTIMIZER.update(jax.grad(loss)(params["decoder"]), state, params["decoder"])
     return {**params, "decoder": optax.apply_updates(params["decoder"], updates)}, state
 
 
 @functools.lru_cache(maxsize=None)
-def init_params(seed, train_steps=0):
+def init_params(seed, train_steps=0, kind="gts"):
     """A random tiny model, optionally trained a little towards TARGETS (random ones decode mostly single
     numbers, or operators forever)."""
-    batch = training_batch(seed)
-    params = initialize(jax.random.key(seed), batch)
+    batch = training_batch(seed, kind)
+    params = initialize(jax.random.key(seed), batch, kind)
     state = OPTIMIZER.init(params["decoder"])
     for _ in range(train_steps):
-        params, state = train_step(params, state, batch)
+        params, state = train_step(params, state, batch, kind)
     return params
 
 
 def problem(batch, b):
     """Example b alone, unpadded (the original evaluates one problem at a time)."""
     length, count = int(batch["lengths"][b]), int(batch["num_count"][b])
-    return dict(input_ids=batch["input_ids"][b:b + 1, :length], lengths=batch["lengths"][b:b + 1],
-                num_pos=batch["num_pos"][b:b + 1, :count], num_count=batch["num_count"][b:b + 1])
+    one = dict(input_ids=batch["input_ids"][b:b + 1, :length], lengths=batch["lengths"][b:b + 1],
+               num_pos=batch["num_pos"][b:b + 1, :count], num_count=batch["num_count"][b:b + 1])
+    if "graph" in batch:
+        one["graph"] = batch["graph"][b:b + 1, :, :length, :length]
+    return one
 
 
 def expand(params, enc, num_enc, num_mask, seq_mask, beam, token_scores):
@@ -125,10 +142,10 @@ def expand(params, enc, num_enc, num_mask, seq_mask, beam, token_scores):
     return children
 
 
-def reference_decode(params, one, beam_size, max_length, greedy=False):
+def reference_decode(params, one, beam_size, max_length, greedy=False, kind="gts"):
     """evaluate_tree for one problem with Python stacks; greedy: argmax each step (one beam)."""
-    *_, encode = cells()
-    enc, problem_vec = encode(params, one["input_ids"], one["lengths"])
+    *_, encode = cells(kind)
+    enc, problem_vec = encode(params, one)
     num_enc = enc[:, one["num_pos"][0]]
     num_mask = jnp.ones((1, G + int(one["num_count"][0])), bool)
     seq_mask = jnp.ones(one["input_ids"].shape, bool)
@@ -154,16 +171,16 @@ def reference_decode(params, one, beam_size, max_length, greedy=False):
 
 
 @functools.lru_cache(maxsize=None)
-def decoder(beam_size, max_length):
-    return jax.jit(lambda p, batch: model().apply({"params": p}, batch, beam_size=beam_size, max_length=max_length,
-                                                  method=GTS.beam_search))
+def decoder(beam_size, max_length, kind="gts"):
+    return jax.jit(lambda p, batch: model(kind).apply({"params": p}, batch, beam_size=beam_size,
+                                                      max_length=max_length, method="beam_search"))
 
 
-def check_against_reference(params, batch, beam_size, max_length, greedy=False):
-    out = decoder(beam_size, max_length)(params, batch)
+def check_against_reference(params, batch, beam_size, max_length, greedy=False, kind="gts"):
+    out = decoder(beam_size, max_length, kind)(params, batch)
     finished_early = 0
     for b in range(batch["input_ids"].shape[0]):
-        tokens, score = reference_decode(params, problem(batch, b), beam_size, max_length, greedy)
+        tokens, score = reference_decode(params, problem(batch, b), beam_size, max_length, greedy, kind)
         length = int(out["length"][b])
         assert np.asarray(out["tokens"][b, :length]).tolist() == tokens, b
         assert np.all(np.asarray(out["tokens"][b, length:]) == -1)

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smc_jax.models.gts import NEG_INF, GenerateNode, Merge, Prediction
+from smc_jax.models.tree_decoder import NEG_INF, GenerateNode, Merge, Prediction
 
 B, S, H, E, OPS, G, N = 3, 6, 8, 5, 4, 2, 3
 
@@ -36,8 +36,10 @@ def inputs():
 def test_prediction_matches_the_original_formulas():
     goal, left, has_left, enc, seq_mask, nums, num_mask = inputs()
     module = Prediction(H, OPS, G)
-    params = nn.meta.unbox(module.init(jax.random.key(1), goal, left, has_left, enc, seq_mask, nums, num_mask))["params"]
-    assert sorted(params) == ["attn", "concat_l", "concat_lg", "concat_r", "concat_rg", "embedding_weight", "ops", "score"]
+    params = nn.meta.unbox(module.init(jax.random.key(1), goal, left, has_left, enc, seq_mask, nums,
+                                       num_mask))["params"]
+    assert sorted(params) == ["attn", "concat_l", "concat_lg", "concat_r", "concat_rg", "embedding_weight", "ops",
+                              "score"]
     assert params["embedding_weight"].shape == (1, G, H) and sorted(params["attn"]) == ["attn", "score"]
     assert "bias" not in params["score"]["score"]
     num_score, op, q, context, num_emb = module.apply({"params": params}, goal, left, has_left, enc, seq_mask, nums,
@@ -77,8 +79,8 @@ def test_generate_node_and_merge_match_the_original_formulas():
     x = np.concatenate([np.asarray(goal), np.asarray(context), np.asarray(gp["embeddings"])[np.asarray(ops)]], axis=1)
     np.testing.assert_allclose(np.asarray(left), np.tanh(dense(gp["generate_l"], x)) * sig(dense(gp["generate_lg"], x)),
                                atol=1e-5)
-    np.testing.assert_allclose(np.asarray(right), np.tanh(dense(gp["generate_r"], x)) * sig(dense(gp["generate_rg"], x)),
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(right),
+                               np.tanh(dense(gp["generate_r"], x)) * sig(dense(gp["generate_rg"], x)), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(label), np.asarray(gp["embeddings"])[np.asarray(ops)])
 
     merge = Merge(H)
@@ -86,13 +88,15 @@ def test_generate_node_and_merge_match_the_original_formulas():
     assert sorted(mp) == ["merge", "merge_g"] and mp["merge"]["kernel"].shape == (E + 2 * H, H)
     out = merge.apply({"params": mp}, label, left, right)
     y = np.concatenate([np.asarray(label), np.asarray(left), np.asarray(right)], axis=1)
-    np.testing.assert_allclose(np.asarray(out), np.tanh(dense(mp["merge"], y)) * sig(dense(mp["merge_g"], y)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out), np.tanh(dense(mp["merge"], y)) * sig(dense(mp["merge_g"], y)),
+                               atol=1e-5)
 
 
 def test_dropout_is_active_only_when_not_deterministic():
     goal, left, has_left, enc, seq_mask, nums, num_mask = inputs()
     module = Prediction(H, OPS, G, dropout=0.5)
-    params = nn.meta.unbox(module.init(jax.random.key(1), goal, left, has_left, enc, seq_mask, nums, num_mask))["params"]
+    params = nn.meta.unbox(module.init(jax.random.key(1), goal, left, has_left, enc, seq_mask, nums,
+                                       num_mask))["params"]
     args = (goal, left, has_left, enc, seq_mask, nums, num_mask)
     eval_a = module.apply({"params": params}, *args)[1]
     eval_b = module.apply({"params": params}, *args, deterministic=True)[1]

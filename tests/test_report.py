@@ -77,7 +77,8 @@ def tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     for (algorithm, sparsity, seed), values in CV_RUNS.items():
         for fold, value in zip(FOLD_SIZES, values):
-            write(root / f"mawps_{algorithm}_s{sparsity}_seed{seed}_fold{fold}", summary(algorithm, sparsity, seed, fold, value))
+            write(root / f"mawps_{algorithm}_s{sparsity}_seed{seed}_fold{fold}",
+                  summary(algorithm, sparsity, seed, fold, value))
     for fold in FOLD_SIZES:
         lth = root / f"mawps_lth_s0.36_seed1_fold{fold}"
         write(lth / "round_1", summary("lth", 0.2, 1, fold, 70.0, round=1))
@@ -86,11 +87,12 @@ def tree(tmp_path_factory) -> Path:
         (lth / "checkpoints").mkdir()
         write(root / f"mawps_snip_s0.2_seed1_fold{fold}", summary("snip", 0.2, 1, fold, 30.0, actual=0.25))
     (root / "mawps_dense_all").mkdir()
-    (root / "mawps_dense_all" / "cv_summary.json").write_text(json.dumps(summary("dense", 0.0, 1, 0, 555.0) | {"fold": "all"}))
-    write(root / "csqa" / "dense", summary("dense", 0.0, 0, None, 0.6, task="csqa", model="roberta", pretrained="roberta-large",
-                                               old=True))
-    write(root / "csqa" / "rigl", summary("rigl", 0.5, 0, None, 0.45, task="csqa", model="roberta", pretrained="roberta-large",
-                                              old=True))
+    (root / "mawps_dense_all" / "cv_summary.json").write_text(
+        json.dumps(summary("dense", 0.0, 1, 0, 555.0) | {"fold": "all"}))
+    write(root / "csqa" / "dense", summary("dense", 0.0, 0, None, 0.6, task="csqa", model="roberta",
+                                           pretrained="roberta-large", old=True))
+    write(root / "csqa" / "rigl", summary("rigl", 0.5, 0, None, 0.45, task="csqa", model="roberta",
+                                          pretrained="roberta-large", old=True))
     return root
 
 
@@ -317,3 +319,34 @@ def test_a_cell_of_only_diverged_dense_runs(tmp_path):
     (ax,) = report_plots.plot_figure(t).axes
     assert [line.get_label() for line in ax.get_lines()] == ["GMP (During)"]  # no dense line at 0
     assert "Dense: every seed diverged" in [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_gts_and_graph2tree_side_by_side(tmp_path):
+    """Runs of two models of one task: a table and figure each, and one figure with a panel per model (GTS first,
+    as the paper's arithmetic figure), sharing the y axis and one legend."""
+    for model, shift in (("gts", 0.0), ("graph2tree", 3.0)):
+        tag = "" if model == "gts" else "_graph2tree"
+        write(tmp_path / "runs" / f"mawps{tag}_dense_seed1_fold0",
+              summary("dense", 0.0, 1, 0, 80.0 + shift, model=model))
+        for sparsity, value in ((0.2, 78.0), (0.36, 70.0)):
+            write(tmp_path / "runs" / f"mawps{tag}_rigl_s{sparsity}_seed1_fold0",
+                  summary("rigl", sparsity, 1, 0, value + shift, model=model))
+    result = report.write_report([tmp_path / "runs"], tmp_path / "out")
+    assert {(t.model, t.metric) for t in result["tables"]} == {
+        (m, k) for m in ("gts", "graph2tree") for k in ("value_accuracy", "equation_accuracy")}
+    groups = report_plots.model_groups(result["tables"])
+    assert sorted(g[0].metric for g in groups) == ["equation_accuracy", "value_accuracy"]
+    (group,) = [g for g in groups if g[0].metric == "value_accuracy"]
+    assert [t.model for t in group] == ["gts", "graph2tree"]
+    fig = report_plots.plot_models_figure(group)
+    left, right = fig.axes
+    assert (left.get_title(), right.get_title()) == ("gts", "graph2tree")
+    assert left.get_shared_y_axes().joined(left, right)
+    for ax, shift in ((left, 0.0), (right, 3.0)):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert list(lines["Random+RigL"].get_ydata()) == pytest.approx([78.0 + shift, 70.0 + shift])
+        assert list(lines["Dense"].get_ydata()) == pytest.approx([80.0 + shift] * 2)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Random+RigL", "Dense"]
+    png = tmp_path / "out" / f"{report_plots.models_stem(group)}.png"
+    assert png.name == "mawps_value_accuracy_models.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({png.stem}.png)" in (tmp_path / "out" / "report.md").read_text()

@@ -221,6 +221,8 @@ def test_sigkill_then_resume_finishes_with_the_same_masks(tmp_path, train_main):
 
 SHORTCUTS = top_level_files(GIN_DIR)  # the thin top-level files (base.gin is included, so not one of them)
 TASK_NAMES = [name[:-4] for name in top_level_files(GIN_DIR / "tasks", GIN_DIR)]  # datasets, not family files
+ARITHMETIC = ("mawps", "asdiv", "svamp")
+PROTEIN = ("hps", "hps2c2", "meltome", "meltome_regression", "stability")
 
 
 def _includes(name: str) -> list[str]:
@@ -233,18 +235,22 @@ def test_every_top_level_gin_file_builds_its_experiment():
         config.register()
         gin_cli.parse_config([f"gin/{name}"], [], search_paths=[GIN_DIR])
         experiment = config.experiment()
-        dataset = experiment.task.configured_name(gin_cli.configurable_bindings(experiment.task))
+        bindings = gin_cli.configurable_bindings(experiment.task)
+        dataset = experiment.task.configured_name(bindings)
+        model = experiment.task.configured_model(bindings) if dataset in ARITHMETIC else None
         algorithm = experiment.algorithm.name
-        built.add((dataset, algorithm))
+        built.add((dataset, model, algorithm))
         macros = gin_cli.defined_macros()
         task_settings = gin_cli.config_str()
-        gin_cli.parse_config(_includes(name), [], search_paths=[GIN_DIR])  # the task file + the algorithm file
-        assert gin_cli.config_str() == task_settings, f"{name} is more than its two includes"
-        if dataset in ("mawps", "asdiv", "svamp"):
+        gin_cli.parse_config(_includes(name), [], search_paths=[GIN_DIR])  # the task (+ model) + algorithm files
+        assert gin_cli.config_str() == task_settings, f"{name} is more than its includes"
+        if dataset in ARITHMETIC:
             assert experiment.num_epochs == 50 and experiment.seed == 6174
             assert ("FOLD" in macros) == (dataset != "svamp"), name
             assert f"ArithmeticTask.dataset = '{dataset}'" in task_settings
             assert not getattr(experiment.algorithm, "fairseq_order", False), name
+            assert ("_g2t_" in name) == (model == "graph2tree"), name
+            assert macros["BATCH_SIZE"] == (8 if model == "graph2tree" or dataset == "svamp" else 4), name
         elif dataset in ("csqa", "winogrande", "race"):
             # commonsense: no FOLD, steps (CSQA, WinoGrande) or epochs (RACE), fairseq's mask-step order
             assert "FOLD" not in macros and experiment.fold is None and "MAX_LENGTH" in macros, name
@@ -252,13 +258,20 @@ def test_every_top_level_gin_file_builds_its_experiment():
             assert macros["UPDATE_FREQUENCY"] == 500 and macros["PRETRAINED"] == "roberta-large", name
             assert f"CommonsenseTask.dataset = '{dataset}'" in task_settings
             assert getattr(experiment.algorithm, "fairseq_order", algorithm == "dense"), name
-        else:  # protein, SMC-Bench's finetune_sup.py: epochs, seed 1, ESM-1b
+        elif dataset in PROTEIN:  # SMC-Bench's finetune_sup.py: epochs, seed 1, ESM-1b
             assert f"ProteinTask.dataset = '{dataset}'" in task_settings, name
             assert (experiment.fold is None) == (dataset != "hps2c2") == ("FOLD" not in macros), name  # HP-S2C2's folds
             assert experiment.train_steps is None and experiment.seed == 1, name
             assert macros["PRETRAINED"] == "facebook/esm1b_t33_650M_UR50S" and macros["UPDATE_FREQUENCY"] == 500, name
-    # one shortcut per dataset and algorithm
-    assert built == {(task, algorithm) for task in TASK_NAMES for algorithm in sp.ALGORITHMS}
+        else:  # translation: the authors' fairseq recipe, 40k updates of max-tokens batches
+            assert dataset in ("2to2", "5to5", "10to10"), name
+            assert f"TranslationTask.setting = '{dataset}'" in task_settings and experiment.fold is None, name
+            assert experiment.train_steps == 40000 and experiment.seed == 222 and macros["MAX_TOKENS"] == 1024, name
+            assert macros["PRETRAINED"] == "facebook/mbart-large-cc25", name
+    # one shortcut per dataset (per model on the arithmetic datasets) and algorithm
+    datasets = [(task.removeprefix("translation_"), None) for task in TASK_NAMES if task not in ARITHMETIC]
+    datasets += [(task, model) for task in ARITHMETIC for model in ("gts", "graph2tree")]
+    assert built == {(task, model, algorithm) for task, model in datasets for algorithm in sp.ALGORITHMS}
     gin.clear_config()
 
 

@@ -1,6 +1,10 @@
-"""The GTS(S) benchmarks on MAWPS fold 0 (``bench.py gts`` and ``bench.py scaling``; described in
-:mod:`smc_jax.cli.bench`): training and beam-search evaluation throughput, and the sharded train step over 1-8
-devices. Both use the MAWPS recipe's optimizer and mask rules (``gin/tasks/mawps.gin``)."""
+"""The arithmetic benchmarks on MAWPS fold 0 (``bench.py gts``, ``scaling``, ``graph2tree``; see
+:mod:`smc_jax.cli.bench` and docs/benchmarks.md), with the MAWPS recipe's optimizer and mask rules.
+
+``graph2tree``: dense GTS(S) (batch 4, hidden 512), Graph2Tree(S) at those sizes (``g2t_equal``) and at its own
+(``g2t``: batch 8, hidden 384), in interleaved rounds: an epoch is the training problems at the median rate plus
+one epoch's host batching; the evaluation, its encoder part and its decoder steps; the ratios against GTS(S) with
+the Graph2Tree issue's targets (the evaluation one at GTS's decoder steps: GTS's plus the graph module's cost)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import jax
 import numpy as np
 
 import smc_jax.sparsity as sp
-from smc_jax.cli.bench_common import bench_algorithm, machine, recipe, run_round
+from smc_jax.cli.bench_common import bench_algorithm, machine, recipe, run_round, timed
+from smc_jax.tasks.base import Task
 
 SCALING_MESHES = ("data", "fsdp")
 CHILD_PREFIX = "SCALING_JSON "  # the line a scaling subprocess reports its rows on
@@ -36,47 +41,57 @@ def _shape(batch) -> tuple:
     return tuple(v.shape for v in batch.values())
 
 
+def _compiled(task: Task, exp, algorithm: sp.Algorithm, order: list, epochs: int, params0=None) -> dict:
+    """The engine's jitted train step of ``task`` under ``algorithm`` (``exp``'s optimizer and mask rules), a step
+    run on every batch shape of ``order`` (plus an update step for a dynamic algorithm) so every program is
+    compiled: ``{state, run_step, compile_s, update_s}`` (``update_s``: an update step's extra seconds over a
+    plain step, None for a static algorithm)."""
+    from smc_jax.train.steps import init_state, train_step
+
+    params0 = task.init_params(jax.random.key(0)) if params0 is None else params0
+    total = task.steps_per_epoch * epochs
+    masks = algorithm.init_masks(params0, exp.mask_rules.masks(params0, algorithm.name), key=jax.random.key(1))
+    tx = sp.sparse_optimizer(exp.optimizer.build(task.param_groups, task.steps_per_epoch, total), algorithm, masks,
+                             total)
+    state = init_state(sp.apply_masks(params0, masks), tx, seed=0)
+    run_step = train_step(task, tx)
+    compile_started = time.perf_counter()  # one step of every batch shape (plus an update step)
+    shapes = {}
+    for batch in order:
+        shapes.setdefault(_shape(batch), batch)
+    for batch in shapes.values():
+        state, _ = run_step(state, batch, False)
+    if algorithm.dynamic:
+        state, _ = run_step(state, order[0], True)
+    jax.block_until_ready(state)  # the whole step, not just the loss (the update may run after it)
+    compile_s = time.perf_counter() - compile_started
+    update_s = None
+    if algorithm.dynamic:  # the update step's extra cost over a plain step, on one batch
+        timed = []
+        for hint in (True, False) * 3:
+            start = time.perf_counter()
+            state = run_step(state, order[0], hint)[0]
+            jax.block_until_ready(state)
+            timed.append((hint, time.perf_counter() - start))
+        update_s = (statistics.median(t for h, t in timed if h) - statistics.median(t for h, t in timed if not h))
+    return dict(state=state, run_step=run_step, compile_s=compile_s, update_s=update_s)
+
+
 def bench_gts(args: argparse.Namespace) -> None:
-    from smc_jax.train.steps import evaluator, init_state, train_step
+    from smc_jax.train.steps import evaluator
 
     task, mawps = _mawps(args, max_eval_examples=args.max_eval)
     problems = len(task.train)
     steps_per_epoch = task.steps_per_epoch
-    total = steps_per_epoch * args.epochs
     print(f"{task.describe()}; batch {task.batch_size}, hidden {task.hidden}, beam {task.beam_size}; {machine()}")
     params0 = task.init_params(jax.random.key(0))
     order = [b for epoch in range(args.rounds + 1) for b in task.epoch_batches(6174, epoch)]
     configs = {}
     for name in args.configs.split(","):  # build and compile every configuration first
         algorithm = bench_algorithm(name, args.update_frequency)
-        masks = algorithm.init_masks(params0, mawps.mask_rules.masks(params0, algorithm.name), key=jax.random.key(1))
-        inner = mawps.optimizer.build(task.param_groups, steps_per_epoch, total)
-        tx = sp.sparse_optimizer(inner, algorithm, masks, total)
-        state = init_state(sp.apply_masks(params0, masks), tx, seed=0)
-        run_step = train_step(task, tx)
-
-        compile_started = time.perf_counter()  # one step of every batch shape (plus an update step)
-        shapes = {}
-        for batch in order:
-            shapes.setdefault(_shape(batch), batch)
-        for batch in shapes.values():
-            state, _ = run_step(state, batch, False)
-        if algorithm.dynamic:
-            state, _ = run_step(state, order[0], True)
-        jax.block_until_ready(state)  # the whole step, not just the loss (the update may run after it)
-        compile_s = time.perf_counter() - compile_started
-        update_s = None
-        if algorithm.dynamic:  # the update step's extra cost over a plain step, on one batch
-            timed = []
-            for hint in (True, False) * 3:
-                start = time.perf_counter()
-                state = run_step(state, order[0], hint)[0]
-                jax.block_until_ready(state)
-                timed.append((hint, time.perf_counter() - start))
-            update_s = (statistics.median(t for h, t in timed if h) - statistics.median(t for h, t in timed if not h))
-        configs[name] = dict(algorithm=algorithm, state=state, run_step=run_step, compile_s=compile_s,
-                             update_s=update_s, rates=[])
-        print(f"{name}: compiled in {compile_s:.1f} s", flush=True)
+        configs[name] = _compiled(task, mawps, algorithm, order, args.epochs, params0)
+        configs[name]["rates"] = []
+        print(f"{name}: compiled in {configs[name]['compile_s']:.1f} s", flush=True)
 
     for r in range(args.rounds):  # rounds interleave the configurations, so drift hits them alike
         batches = order[r * args.round_steps:(r + 1) * args.round_steps]
@@ -123,6 +138,141 @@ def bench_gts(args: argparse.Namespace) -> None:
     for r in rows:
         if dense is not None and r[0] != "dense":
             print(f"{r[0]} epoch / dense epoch: {r[2] / dense[2]:.3f}")
+
+
+# --- graph2tree: Graph2Tree(S) against GTS(S) -------------------------------------------------------------------
+
+G2T_CONFIGS = ("gts", "g2t_equal", "g2t")  # GTS(S); Graph2Tree(S) at GTS's sizes; Graph2Tree(S) at its own
+
+
+def add_graph2tree_parser(sub) -> argparse.ArgumentParser:
+    """The ``graph2tree`` subcommand's flags, on ``sub`` (the subparsers of ``bench.py``'s parser)."""
+    p = sub.add_parser("graph2tree", help="Graph2Tree(S) against GTS(S) on MAWPS fold 0: epoch and beam-5 evaluation")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--round_problems", type=int, default=256, help="training problems per configuration and round")
+    p.add_argument("--configs", default=",".join(G2T_CONFIGS), help="comma-separated: " + ", ".join(G2T_CONFIGS))
+    p.add_argument("--data_dir", default=None, help="the arithmetic data folder (default: $SMC_DATA_DIR/arithmetic, "
+                   "else the packaged data)")
+    p.add_argument("--hidden", type=int, default=512, help="GTS's and g2t_equal's hidden size (SPEC: 512)")
+    p.add_argument("--g2t_hidden", type=int, default=384, help="Graph2Tree's own hidden size (spec: 384)")
+    p.add_argument("--embedding_size", type=int, default=768, help="embedding size (SPEC: 768)")
+    p.add_argument("--max_eval", type=int, default=None, help="first N dev problems (default: all)")
+    p.add_argument("--epochs", type=int, default=50, help="run length the schedules are built for")
+    return p
+
+
+def _g2t_config(name: str, args: argparse.Namespace):
+    """A configuration's task (batch 4 / hidden ``--hidden``, or Graph2Tree's batch 8 / ``--g2t_hidden``) and its
+    model's recipe (gin/models/*.gin: the optimizer)."""
+    from smc_jax.tasks.arithmetic.task import ArithmeticTask
+
+    model, batch, hidden = {"gts": ("gts", 4, args.hidden), "g2t_equal": ("graph2tree", 4, args.hidden),
+                            "g2t": ("graph2tree", 8, args.g2t_hidden)}[name]
+    task = ArithmeticTask(dataset="mawps", fold=0, data_dir=args.data_dir, model=model, batch_size=batch,
+                          hidden=hidden, embedding_size=args.embedding_size, max_eval_examples=args.max_eval)
+    return task, recipe("tasks/mawps.gin", (f"models/{model}.gin", "algorithms/dense.gin"))
+
+
+def _graph_build_s(task: Task) -> float:
+    """Seconds to build the graphs of every training and dev example of ``task`` (once per run, at load)."""
+    from smc_jax.tasks.arithmetic import data, graphs
+
+    root = data.resolve_data_dir(task.data_dir, task.dataset)
+    pairs = [(p, e) for split, examples in (("train", task.train), ("dev", task.dev))
+             for p, e in zip(data.load_problems(data.split_path(root, task.dataset, task.fold, split)), examples)]
+    start = time.perf_counter()
+    for problem, example in pairs:
+        graphs.example_edges(problem, example, task.tokenizer)
+    return time.perf_counter() - start
+
+
+def bench_graph2tree(args: argparse.Namespace) -> None:
+    """Dense training and evaluation of GTS(S) and Graph2Tree(S) in interleaved rounds; an epoch is the training
+    problems at the median rate plus the host's batching of one epoch (graphs included for Graph2Tree)."""
+    names = [n.strip() for n in args.configs.split(",")]
+    unknown = [n for n in names if n not in G2T_CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configuration {unknown[0]!r}: use {', '.join(G2T_CONFIGS)}")
+    print(f"MAWPS fold 0, dense, beam 5; {machine()}", flush=True)
+    configs = {}
+    for name in names:  # build and compile every configuration first
+        task, exp = _g2t_config(name, args)
+        batching = []
+        for epoch in range(args.rounds):  # the host's share of an epoch: shuffling and padding its batches
+            start = time.perf_counter()
+            task.epoch_batches(6174, epoch)
+            batching.append(time.perf_counter() - start)
+        per_round = -(-args.round_problems // task.batch_size)
+        epochs = -(-per_round * args.rounds // task.steps_per_epoch) + 1
+        order = [b for epoch in range(epochs) for b in task.epoch_batches(6174, epoch)][:per_round * args.rounds]
+        c = _compiled(task, exp, sp.Dense(), order, args.epochs)  # the timed batches' shapes
+        c.update(task=task, order=order, per_round=per_round, rates=[], batching_s=statistics.median(batching))
+        if task.model == "graph2tree":
+            c["graphs_s"] = _graph_build_s(task)
+        configs[name] = c
+        print(f"{name}: {task.describe()}; batch {task.batch_size}, hidden {task.hidden}; compiled in "
+              f"{c['compile_s']:.1f} s", flush=True)
+
+    for r in range(args.rounds):  # rounds interleave the configurations, so drift hits them alike
+        for c in configs.values():
+            batches = c["order"][r * c["per_round"]:(r + 1) * c["per_round"]]
+            real = sum(int((b["target_lengths"] > 0).sum()) for b in batches)
+            c["state"], _, seconds = run_round(c["state"], c["run_step"], batches)
+            c["rates"].append(real / seconds)
+    for c in configs.values():
+        c.update(_eval_parts(c["task"], c["state"]["params"], args.rounds))
+        c["rate"] = statistics.median(c["rates"])
+        c["epoch_s"] = len(c["task"].train) / c["rate"] + c["batching_s"]
+
+    print(f"\n{'config':10s} {'model':10s} {'batch':>5s} {'hidden':>6s} {'train prob/s':>12s} {'batching s':>10s} "
+          f"{'epoch s':>8s} {'eval s':>7s} {'encode s':>8s} {'steps':>5s} {'compile s':>9s}")
+    for name, c in configs.items():
+        t = c["task"]
+        print(f"{name:10s} {t.model:10s} {t.batch_size:5d} {t.hidden:6d} {c['rate']:12.1f} {c['batching_s']:10.2f} "
+              f"{c['epoch_s']:8.1f} {c['eval_s']:7.2f} {c['encode_s']:8.3f} {c['steps']:5d} {c['compile_s']:9.1f}")
+    first = next(iter(configs.values()))["task"]
+    print(f"epoch s: {len(first.train)} training problems at the median rate of {args.rounds} rounds of "
+          f"{args.round_problems} problems, plus one epoch's batching on the host; eval s: beam-5 decoding of the "
+          f"{first.num_eval} dev problems (median); encode s: its encoder part (embedding, biLSTM and, for "
+          "Graph2Tree, the graph module); steps: the decoder steps the beam search ran, summed over the chunks "
+          "(they follow the predictions, so they differ between models)")
+    for name, c in configs.items():
+        if "graphs_s" in c:
+            print(f"{name}: the graphs of the {len(c['task'].train) + c['task'].num_eval} problems are built once per "
+                  f"run, at load: {c['graphs_s']:.2f} s")
+    gts, checks = configs.get("gts"), []
+    if gts and "g2t_equal" in configs:
+        equal = configs["g2t_equal"]
+        print(f"g2t_equal evaluation / gts evaluation as measured: {equal['eval_s'] / gts['eval_s']:.3f} "
+              f"({equal['steps']} against {gts['steps']} decoder steps)")
+        checks += [("g2t_equal epoch / gts epoch", equal["epoch_s"] / gts["epoch_s"], 1.15),
+                   ("gts evaluation plus the graph module's encoder cost / gts evaluation",
+                    (gts["eval_s"] + equal["encode_s"] - gts["encode_s"]) / gts["eval_s"], 1.10)]
+    if gts and "g2t" in configs:
+        checks.append(("g2t epoch / gts epoch", configs["g2t"]["epoch_s"] / gts["epoch_s"], 1.00))
+    for label, ratio, target in checks:
+        print(f"{label}: {ratio:.3f} (target <= {target:.2f}: {'met' if ratio <= target else 'NOT met'})")
+
+
+def _eval_parts(task: Task, params, rounds: int) -> dict:
+    """The beam-5 evaluation of the dev split (``eval_s``: median seconds of the engine's evaluator), its encoder
+    part (``encode_s``: the jitted ``encode_batch`` of every chunk) and the decoder steps it runs (``steps``)."""
+    import jax.numpy as jnp
+
+    from smc_jax.train.steps import evaluator
+
+    evaluate = evaluator(task)
+    chunks = [jax.tree.map(jnp.asarray, chunk.batch) for chunk in task.eval_sets()["dev"]]
+    encode = jax.jit(lambda p, b: task.network.apply({"params": p}, b, method="encode_batch"))
+    search = jax.jit(lambda p, b: task.network.apply({"params": p}, b, method="beam_search", beam_size=task.beam_size,
+                                                     max_length=task.max_output_length)["steps"][0])
+    steps = sum(int(search(params, b)) for b in chunks)
+    evaluate(params)  # compiles
+    encode_all = lambda: [encode(params, b) for b in chunks]  # noqa: E731
+    encode_all()
+    eval_times = [timed(evaluate, params) for _ in range(rounds)]
+    encode_times = [timed(encode_all) for _ in range(rounds)]
+    return dict(eval_s=statistics.median(eval_times), encode_s=statistics.median(encode_times), steps=steps)
 
 
 # --- scaling: the sharded train step over 1, 2, 4, 8 devices ------------------------------------------------

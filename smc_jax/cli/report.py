@@ -18,7 +18,10 @@ count, not the top-level copy of the last round) and writes into ``--out``:
   (algorithm, sparsity, seed) are first micro-averaged with ``num_eval`` (SPEC §1.2). Dense has sparsity 0:
   its row repeats the dense value in every column, as the dashed line of the figures does;
 - ``<task>_<model>[_<pretrained>]_<metric>.png`` and ``.pdf``: the paper's figure: one line with markers per
-  algorithm (±1 std shaded), dense as a dashed horizontal line, x ticks at the swept sparsities.
+  algorithm (±1 std shaded), dense as a dashed horizontal line, x ticks at the swept sparsities;
+- ``<task>[_<pretrained>]_<metric>_models.png`` and ``.pdf`` where a task has runs of several models (GTS and
+  Graph2Tree): those figures side by side in one, a panel per model on a shared y axis, as the paper's
+  arithmetic figure.
 
 A run that diverged (``"diverged": true`` in its summary; a seed diverged when any of its folds did) prints
 ``warning: <path> diverged at step N``, is flagged in the CSV, and is never averaged in: a cell whose every
@@ -49,7 +52,17 @@ from pathlib import Path
 from typing import Any
 
 from smc_jax.cli import fail, warn
-from smc_jax.cli.report_plots import COLLAPSED, figure_stems, layers_figure, plot_figure, save_figure, slug
+from smc_jax.cli.report_plots import (
+    COLLAPSED,
+    figure_stems,
+    layers_figure,
+    model_groups,
+    models_stem,
+    plot_figure,
+    plot_models_figure,
+    save_figure,
+    slug,
+)
 from smc_jax.cli.report_tables import LABELS, build_tables, sort_key, table_markdown
 
 REQUIRED = ("task", "model", "algorithm", "seed", "sparsity_label", "target_sparsity", "actual_sparsity",
@@ -181,6 +194,13 @@ def write_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float =
     for table, stem in zip(tables, figure_stems(tables)):
         files += save_figure(plot_figure(table), out / stem)
         md += [table_markdown(table), f"![{table.title}]({stem}.png)", ""]
+    groups = model_groups(tables)
+    if groups:
+        md += ["## Models side by side", ""]
+    for group in groups:
+        stem = models_stem(group)
+        files += save_figure(plot_models_figure(group), out / stem)
+        md += [f"![{group[0].task_name} / {' vs '.join(t.model for t in group)} / {group[0].metric}]({stem}.png)", ""]
     if flagged:
         md += [f"## Runs whose actual sparsity misses the target by more than {tolerance}", ""]
         md += [f"- `{s['path']}`: target {s['target_sparsity']:.4f}, actual {s['actual_sparsity']:.4f}"

@@ -1,6 +1,6 @@
-"""The figures of a report: the paper's sparsity-vs-metric figure of one table, the per-leaf sparsity bars
-of one run, and how they are saved and named. Inputs are :class:`smc_jax.cli.report_tables.Table` objects
-and summary dicts; nothing here reads files."""
+"""The figures of a report: the paper's sparsity-vs-metric figure of one table, the models of one task side
+by side, the per-leaf sparsity bars of one run, and how they are saved and named. Inputs are
+:class:`smc_jax.cli.report_tables.Table` objects and summary dicts; nothing here reads files."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ COLLAPSED = 0.99  # a leaf at or above this sparsity counts as collapsed in --la
 DIVERGED_LABEL = "diverged (every seed)"  # the legend note of the ✗ markers
 _COLOURS = [c if i != 7 else "indigo" for i, c in enumerate(matplotlib.colormaps["tab10"].colors)]  # no grey
 _STYLE = dict(zip(ORDER[1:], zip(_COLOURS, "osD^v<>ph*")))  # algorithm -> (colour, marker)
+MODEL_ORDER = ("gts", "graph2tree")  # panel order of the side-by-side figure (the paper's); other models after
 
 
 def plot_figure(table: Table) -> Figure:
@@ -31,6 +32,46 @@ def plot_figure(table: Table) -> Figure:
     dashed line. A cell whose every seed diverged is no point of its line: an ✗ at the top of the axis."""
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
+    ax.legend(handles=_draw(ax, table), fontsize=8, loc="best")
+    ax.set_title(table.title)
+    fig.tight_layout()
+    return fig
+
+
+def model_groups(tables: Sequence[Table]) -> list[list[Table]]:
+    """The tables of one (task, pretrained, metric) with two or more models, in model order: the panels of one
+    side-by-side figure (the paper's arithmetic figure puts GTS and Graph2Tree next to each other)."""
+    groups: dict[tuple, list[Table]] = defaultdict(list)
+    for t in tables:
+        groups[t.task_name, str(t.pretrained), t.metric].append(t)
+
+    def order(t: Table) -> tuple:
+        return (MODEL_ORDER.index(t.model) if t.model in MODEL_ORDER else len(MODEL_ORDER), t.model)
+
+    return [sorted(g, key=order) for g in groups.values() if len({t.model for t in g}) > 1]
+
+
+def plot_models_figure(tables: Sequence[Table]) -> Figure:
+    """One panel per model (the tables of :func:`model_groups`), side by side on a shared y axis, each drawn as
+    :func:`plot_figure` draws its table; one legend for the figure."""
+    fig = Figure(figsize=(4.6 * len(tables) + 1.6, 4.4))
+    axes = fig.subplots(1, len(tables), sharey=True, squeeze=False)[0]
+    handles: dict[str, object] = {}
+    for ax, table in zip(axes, tables):
+        for handle in _draw(ax, table):
+            handles.setdefault(handle.get_label(), handle)
+        ax.set_title(table.model if table.pretrained is None else f"{table.model} ({short_name(table.pretrained)})")
+    for ax in axes[1:]:
+        ax.set_ylabel("")
+    first = tables[0]
+    fig.suptitle(f"{first.task_name} / {first.metric}")
+    fig.legend(handles=list(handles.values()), fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0.0, 0.0, 1.0 - 1.5 / fig.get_figwidth(), 1.0))
+    return fig
+
+
+def _draw(ax, table: Table) -> list:
+    """Draw one table's lines into ``ax``; returns the legend handles."""
     any_diverged = False
     for algorithm in table.algorithms:
         if algorithm == "dense":
@@ -61,16 +102,13 @@ def plot_figure(table: Table) -> Figure:
         ax.set_xlim(table.sparsities[0] - 0.05, table.sparsities[0] + 0.05)
     ax.set_xlabel("Sparsity")
     ax.set_ylabel(table.metric)
-    ax.set_title(table.title)
     ax.grid(True, alpha=0.3)
     handles = ax.get_legend_handles_labels()[0]
     if any_diverged:
         handles.append(Line2D([], [], linestyle="none", marker="x", color="grey", label=DIVERGED_LABEL))
     if dense is not None and dense.mean is None:
         handles.append(Line2D([], [], color="black", linestyle="--", label="Dense: every seed diverged"))
-    ax.legend(handles=handles, fontsize=8, loc="best")
-    fig.tight_layout()
-    return fig
+    return handles
 
 
 def layers_figure(summary: dict) -> Figure:
@@ -109,6 +147,13 @@ def save_figure(fig: Figure, stem: Path, dpi: int = 150) -> list[Path]:
 def slug(text: str) -> str:
     """``text`` as a file name: runs of other characters than ``[A-Za-z0-9._-]`` become ``-``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def models_stem(tables: Sequence[Table]) -> str:
+    """``task[_pretrained]_metric_models``: the file stem of a :func:`plot_models_figure`."""
+    t = tables[0]
+    parts = [t.task_name] + ([short_name(t.pretrained)] if t.pretrained is not None else []) + [t.metric, "models"]
+    return slug("_".join(parts))
 
 
 def figure_stems(tables: Sequence[Table]) -> list[str]:

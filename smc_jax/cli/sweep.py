@@ -27,8 +27,10 @@ Flags:
                  passed to every run (a --gin_bindings value with several lines as one flag per line).
                  SEED, FOLD and SPARSITY conflict with --seeds, --folds and --sparsities (alone, they set
                  the default); WORKDIR and DENSE_WORKDIR are the sweep's own (use --workdir).
-  --workdir      the folder of the runs (default: runs/sweep_<task>). Each run writes to
-                 <workdir>/<task>_<algorithm>[_s<sparsity>]_seed<seed>[_fold<k>] (dense: no _s).
+  --workdir      the folder of the runs (default: runs/sweep_<task>[_<model>]). Each run writes to
+                 <workdir>/<task>[_<model>]_<algorithm>[_s<sparsity>]_seed<seed>[_fold<k>] (dense: no _s;
+                 _<model> for a model other than the task family's default, e.g. mawps_graph2tree_rigl_...,
+                 from gin/models/graph2tree.gin or a gin/<task>_g2t_<algorithm>.gin shortcut).
   --dry_run      print one shell-quoted `python scripts/train.py ...` command per run, in run order, and
                  run nothing (paste them into a cluster or TPU VM queue).
 
@@ -87,6 +89,7 @@ class Run:
     workdir: str
     dense_workdir: str | None = None
     extra: tuple[str, ...] = ()
+    model: str = ""  # the model where it is not the task family's default ('graph2tree'), else ''
 
     def argv(self) -> list[str]:
         """train's flags: the gin files, the extra bindings, then the run's coordinates (later wins)."""
@@ -102,10 +105,11 @@ class Run:
         return args
 
     def title(self) -> str:
-        """``mawps rigl s=0.5 seed=0 fold=0``."""
+        """``mawps rigl s=0.5 seed=0 fold=0`` (``mawps graph2tree rigl ...`` for a model other than the default)."""
         sparsity = "" if self.sparsity is None else f" s={self.sparsity:g}"
         fold = "" if self.fold is None else f" fold={self.fold}"
-        return f"{self.task_name} {self.algorithm}{sparsity} seed={self.seed}{fold}"
+        model = f" {self.model}" if self.model else ""
+        return f"{self.task_name}{model} {self.algorithm}{sparsity} seed={self.seed}{fold}"
 
     def command(self) -> str:
         """The run as a shell command."""
@@ -212,6 +216,15 @@ def _task_file(name: str) -> str:
     return f"tasks/{name}.gin"
 
 
+def _model(task_class: Any) -> str | None:
+    """The model the parsed config gives the (gin-wrapped) task class, for families that offer several
+    (``configured_model``); None for the others."""
+    from smc_jax.cli import gin_cli
+
+    configured = getattr(task_class, "configured_model", None)
+    return None if configured is None else configured(gin_cli.configurable_bindings(task_class))
+
+
 def _configure(files: Sequence[str], bindings: Sequence[str]) -> Any:
     """Parse ``files`` and ``bindings``; the :class:`Experiment` they describe, or None when they name no
     algorithm. The task is the gin-wrapped class, never instantiated (that would load data)."""
@@ -265,20 +278,23 @@ def plan(argv: Sequence[str]) -> tuple[list[Run], bool]:
     macros = gin_cli.defined_macros()
     task = exp.task.configured_name(gin_cli.configurable_bindings(exp.task))
     num_folds = exp.task.folds(task) if "FOLD" in macros else None
+    from smc_jax.train.pipelines import model_tag
+
+    tag = model_tag(_model(exp.task), getattr(exp.task, "default_model", None))
 
     sparsities = _sparsities(flags.sparsities, macros.get("SPARSITY", 0.5))
     seeds = _numbers("seeds", flags.seeds, int) if flags.seeds else [int(exp.seed)]
     folds = _folds(flags.folds, macros.get("FOLD"), task, num_folds)
-    root = Path(flags.workdir or f"runs/sweep_{task}")
+    root = Path(flags.workdir or f"runs/sweep_{task}{tag}")
     coordinates = {"SEED", "FOLD", "SPARSITY"}  # read above into the grid; every run sets its own
     extra = tuple(_as_flag(b) for b in bindings if _binding_name(b) not in coordinates)
 
     def run(name: str, seed: int, fold: int | None, sparsity: float | None) -> Run:
         at = f"_seed{seed}" + ("" if fold is None else f"_fold{fold}")
         suffix = ("" if sparsity is None else f"_s{sparsity:g}") + at
-        dense = str(root / f"{task}_dense{at}")
-        return Run(task, name, files_of[name], seed, fold, sparsity, str(root / f"{task}_{name}{suffix}"),
-                   dense if name in AFTER else None, extra)
+        dense = str(root / f"{task}{tag}_dense{at}")
+        return Run(task, name, files_of[name], seed, fold, sparsity, str(root / f"{task}{tag}_{name}{suffix}"),
+                   dense if name in AFTER else None, extra, tag[1:])
 
     grid = [(seed, fold) for seed in seeds for fold in folds]
     runs = [run("dense", seed, fold, None) for seed, fold in grid] if needs_dense else []

@@ -46,7 +46,7 @@ class Experiment:
     ``task`` is called as ``task(fold=k)`` (a class of ``smc_jax.tasks.TASKS``); ``optimizer`` is the
     :class:`smc_jax.train.optim.Optimizer` the task family's gin file states; a run lasts ``num_epochs``
     epochs, or exactly ``train_steps`` updates when that is set (step-based recipes); ``workdir`` ``None`` names
-    ``runs/<task>_<algorithm>_s<sparsity>_seed<seed>[_fold<k>]``; ``dense_workdir`` ``None`` names a sibling
+    ``runs/<task>[_<model>]_<algorithm>_s<sparsity>_seed<seed>[_fold<k>]``; ``dense_workdir`` ``None`` names a sibling
     from the task, model, pretrained, seed, fold and a hash of the dense run's settings.
     """
 
@@ -83,18 +83,27 @@ def _keys(seed: int) -> dict[str, jax.Array]:
             "snip": jax.random.fold_in(base, 3)}
 
 
+def model_tag(model: str | None, default: str | None) -> str:
+    """``'_<model>'`` where a task family offers several models and ``model`` is not its ``default``, else ``''``:
+    runs of the default model keep the names they had before the family had a choice."""
+    return f"_{model}" if model and default and model != default else ""
+
+
 def default_workdir(task: Task, algorithm: sp.Algorithm, seed: int, fold: int | str | None = None) -> Path:
-    """``runs/<task>_<algorithm>[_s<sparsity>]_seed<seed>[_fold<k>]`` (``fold`` overrides the task's)."""
+    """``runs/<task>[_<model>]_<algorithm>[_s<sparsity>]_seed<seed>[_fold<k>]`` (``fold`` overrides the task's;
+    ``_<model>`` for a model other than the family's ``default_model``, e.g. ``mawps_graph2tree_rigl_...``)."""
     sparse = "" if isinstance(algorithm, sp.Dense) else f"_s{getattr(algorithm, 'sparsity', 0.0):g}"
     fold = task.fold if fold is None else fold
     fold = "" if fold is None else f"_fold{fold}"
-    return Path("runs") / f"{task.name}_{algorithm.name}{sparse}_seed{seed}{fold}"
+    model = model_tag(task.model_name, getattr(task, "default_model", None))
+    return Path("runs") / f"{task.name}{model}_{algorithm.name}{sparse}_seed{seed}{fold}"
 
 
 def default_dense_workdir(task: Task, workdir: Path, seed: int, num_epochs: int, train_steps: int | None = None,
                           optimizer: Optimizer | None = None) -> Path:
     """A sibling of ``workdir`` named from the task, model, pretrained, seed, fold and a hash of the settings that
-    decide the dense run (the task's ``config()``, the run length, the optimizer)."""
+    decide the dense run (the task's ``config()``, which names a model other than its family's default, the run
+    length, the optimizer)."""
     length = {"num_epochs": int(num_epochs)} if train_steps is None else {"train_steps": int(train_steps)}
     optim = {} if optimizer is None else {"optimizer": optimizer.config()}
     settings = json.dumps({"task": task.config(), **length, **optim}, sort_keys=True, default=str)

@@ -1,10 +1,12 @@
-"""The arithmetic-reasoning task as the training engine sees it: GTS(S) on MAWPS, ASDiv-A or SVAMP.
+"""The arithmetic-reasoning task as the training engine sees it: GTS or Graph2Tree on MAWPS, ASDiv-A or SVAMP.
 
 :class:`ArithmeticTask` loads one train/dev pair (one fold of a cross-validated dataset), builds the
-vocabularies and the GTS model, and gives the engine what :class:`smc_jax.tasks.base.Task` asks: initial
-params, the shuffled padded batches of each epoch, the loss, the ``embedding`` parameter group of SPEC §1.2's
-optimizer, and the beam-search evaluation scored with the SVAMP rules (value and equation accuracy). Data and
-scoring live in :mod:`smc_jax.tasks.arithmetic.data`, the network in :mod:`smc_jax.models.gts`.
+vocabularies and the model (``model``: ``'gts'`` or ``'graph2tree'``), and gives the engine what
+:class:`smc_jax.tasks.base.Task` asks: initial params, the shuffled padded batches of each epoch, the loss, the
+``embedding`` parameter group of SPEC §1.2's optimizer, and the beam-search evaluation scored with the SVAMP
+rules (value and equation accuracy). Data and scoring live in :mod:`smc_jax.tasks.arithmetic.data`, Graph2Tree's
+graphs in :mod:`.graphs` (built once per example), padded batches in :mod:`.batches`, the networks in
+:mod:`smc_jax.models.gts` and :mod:`smc_jax.models.graph2tree`.
 
 Batches are padded to bucket lengths (inputs, targets) and to a fixed batch size, so the train step
 compiles once per bucket pair; padded rows have target length 0 and weigh nothing in the loss.
@@ -23,67 +25,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smc_jax.models.gts import GTS, make_loss
-from smc_jax.models.tree_schedule import batch_schedule, example_schedule
-from smc_jax.tasks.arithmetic import data
+from smc_jax.models.graph2tree import Graph2Tree
+from smc_jax.models.gts import GTS
+from smc_jax.models.tree_decoder import make_loss
+from smc_jax.models.tree_schedule import example_schedule
+from smc_jax.tasks.arithmetic import data, graphs
+from smc_jax.tasks.arithmetic.batches import input_batch, make_batch, packed_size
 from smc_jax.tasks.base import EvalChunk, TaskBase
 from smc_jax.tasks.batching import bucket_length, check_settings, eval_chunks, load_fast_tokenizer
 
 PyTree = Any
 
 
-def unk_candidates(example: data.Encoded, unk_id: int, num_generate: int, length: int, slots: int) -> np.ndarray:
-    """``[length, slots]`` bool: for each UNK target step, the number slots (``G + i``) it may stand for,
-    taken from ``num_stack`` in target order (the original pops the reversed stack)."""
-    out = np.zeros((length, slots), bool)
-    pending = list(example.num_stack)
-    for t, token in enumerate(example.target_ids[:length]):
-        if token == unk_id and pending:
-            out[t, [num_generate + i for i in pending.pop()]] = True
-    return out
-
-
-def make_batch(examples: Sequence[data.Encoded], vocab: data.Vocab, batch_size: int, input_length: int,
-               target_length: int, merge_depth: int, pad_id: int = 0) -> dict[str, np.ndarray]:
-    """One padded batch (numpy) in the layout of :meth:`GTS.teacher_forced` (inputs padded with ``pad_id``);
-    rows past ``len(examples)`` repeat the first example with target length 0 (no loss)."""
-    if not examples or len(examples) > batch_size:
-        raise ValueError(f"a batch holds 1..{batch_size} examples, got {len(examples)}")
-    rows = list(examples) + [examples[0]] * (batch_size - len(examples))
-    real = np.arange(batch_size) < len(examples)
-    slots = vocab.copy_nums
-    num_generate = len(vocab.generate_nums)
-    unk = vocab.output_index["UNK"]
-    input_ids = np.full((batch_size, input_length), pad_id, np.int32)
-    num_pos = np.zeros((batch_size, slots), np.int32)
-    targets = np.zeros((batch_size, target_length), np.int32)
-    candidates = np.zeros((batch_size, target_length, num_generate + slots), bool)
-    for b, e in enumerate(rows):
-        input_ids[b, : len(e.input_ids)] = e.input_ids
-        num_pos[b, : len(e.num_pos)] = e.num_pos
-        targets[b, : len(e.target_ids)] = e.target_ids
-        candidates[b] = unk_candidates(e, unk, num_generate, target_length, num_generate + slots)
-    schedule = batch_schedule([e.target_ids for e in rows], vocab.num_start, target_length)
-    pad = merge_depth - schedule.merge_op.shape[-1]
-    if pad < 0:
-        raise ValueError(f"merge depth {schedule.merge_op.shape[-1]} exceeds the batch layout's {merge_depth}")
-    widen = lambda x: np.pad(x, ((0, 0), (0, 0), (0, pad)), constant_values=-1)  # noqa: E731
-    return {
-        "input_ids": input_ids,
-        "lengths": np.array([len(e.input_ids) for e in rows], np.int32),
-        "num_pos": num_pos,
-        "num_count": np.array([len(e.num_pos) for e in rows], np.int32),
-        "targets": targets,
-        "target_lengths": np.where(real, [len(e.target_ids) for e in rows], 0).astype(np.int32),
-        "node_slot": schedule.node_slot, "left_step": schedule.left_step,
-        "merge_op": widen(schedule.merge_op), "merge_sub": widen(schedule.merge_sub),
-        "unk_candidates": candidates,
-    }
-
-
 @dataclasses.dataclass
 class ArithmeticTask(TaskBase):
-    """GTS on one arithmetic dataset (and fold). Every field is a gin knob (``ArithmeticTask.NAME``).
+    """GTS or Graph2Tree on one arithmetic dataset (and fold). Every field is a gin knob (``ArithmeticTask.NAME``).
 
     - ``dataset``: ``mawps`` | ``asdiv`` | ``svamp``; ``fold``: 0–4 for the cross-validated two, ``None``
       for ``svamp`` (``'all'`` is expanded by the engine); ``data_dir``: ``None`` = ``$SMC_DATA_DIR/arithmetic``,
@@ -95,7 +51,11 @@ class ArithmeticTask(TaskBase):
       or ``'original'`` (the word indices used on the sub-token sequence, SPEC Q-A3).
     - ``batch_size`` (SPEC: 4 for CV datasets, 8 for SVAMP), ``max_train_examples`` /
       ``max_eval_examples`` (first N rows; ``None`` = all).
-    - model: ``hidden`` 512, ``embedding_size`` 768, ``num_layers`` 2, ``dropout`` 0.5.
+    - ``model``: ``'gts'`` (:class:`smc_jax.models.gts.GTS`) or ``'graph2tree'``
+      (:class:`smc_jax.models.graph2tree.Graph2Tree`, bound from the ``MODEL`` macro of ``gin/models/*.gin``);
+      ``hidden`` 512, ``embedding_size`` 768, ``num_layers`` 2, ``dropout`` 0.5; ``gcn_dropout`` (Graph2Tree's
+      graph module, 0.3). Graph2Tree's graphs (:mod:`.graphs`) are built once per example: over the words for
+      learned embeddings, over the sub-tokens for a pretrained encoder, with numbers at ``number_positions``.
     - the optimizer is ``Optimizer.*`` (gin/tasks/arithmetic.gin: SPEC §1.2's Adam with L2, StepLR per epoch);
       the parameter group ``embedding`` is the learned embedding or the pretrained encoder.
     - decoding: ``beam_size`` 5, ``max_output_length`` 45, ``eval_batch_size`` problems per jitted call.
@@ -123,9 +83,12 @@ class ArithmeticTask(TaskBase):
     input_buckets: tuple[int, ...] = (32, 48, 64, 96, 128)
     target_buckets: tuple[int, ...] = (5, 7, 9, 16, 32, 48)
     show_train_accuracy: bool = False
+    model: str = "gts"
+    gcn_dropout: float = 0.3
 
     family = "arithmetic"
-    model_name = "gts"
+    MODELS = ("gts", "graph2tree")
+    default_model = "gts"  # runs of other models carry the model in their names
     metric = "value_accuracy"
     metrics = ("value_accuracy", "equation_accuracy")
 
@@ -135,7 +98,10 @@ class ArithmeticTask(TaskBase):
                              f"got {self.number_positions!r}")
         check_settings(self, positive=("batch_size", "hidden", "embedding_size", "num_layers", "beam_size",
                                        "max_output_length", "eval_batch_size"),
-                       optional_positive=("max_train_examples", "max_eval_examples"), fractions=("dropout",))
+                       optional_positive=("max_train_examples", "max_eval_examples"),
+                       fractions=("dropout", "gcn_dropout"))
+        if self.model not in self.MODELS:
+            raise ValueError(f"ArithmeticTask.model (MODEL) must be one of {self.MODELS}, got {self.model!r}")
         root = data.resolve_data_dir(self.data_dir, self.dataset)
         train = data.load_problems(data.split_path(root, self.dataset, self.fold, "train"))
         dev = data.load_problems(data.split_path(root, self.dataset, self.fold, "dev"))
@@ -147,13 +113,29 @@ class ArithmeticTask(TaskBase):
                                    number_positions=self.number_positions)
         self.train = [encode(p) for p in train]
         self.dev = [encode(p) for p in dev]
+        self.train_graphs = self.dev_graphs = None  # Graph2Tree: each example's graph edges
+        if self.model == "graph2tree":
+            self.train_graphs = [graphs.example_edges(p, e, self.tokenizer) for p, e in zip(train, self.train)]
+            self.dev_graphs = [graphs.example_edges(p, e, self.tokenizer) for p, e in zip(dev, self.dev)]
         self.merge_depth = max([1] + [len(c) for e in self.train
                                       for c in example_schedule(e.target_ids, self.vocab.num_start)[2]])
-        self.model = GTS(
+        settings = dict(
             vocab_size=len(self.vocab.input_words), num_ops=self.vocab.num_start,
             num_generate=len(self.vocab.generate_nums), unk_id=self.vocab.output_index["UNK"],
             hidden=self.hidden, embedding_size=self.embedding_size, num_layers=self.num_layers,
             dropout=self.dropout, pretrained_encoder=encoder, pretrained_name=self.pretrained_name)
+        self.network = (Graph2Tree(**settings, gcn_dropout=self.gcn_dropout) if self.model == "graph2tree"
+                        else GTS(**settings))
+
+    @property
+    def model_name(self) -> str:
+        """``summary.json["model"]``: ``'gts'`` or ``'graph2tree'``."""
+        return self.model
+
+    @classmethod
+    def configured_model(cls, bindings: dict[str, Any]) -> str:
+        """The model a configuration's ``ArithmeticTask`` bindings choose, without loading anything."""
+        return str(bindings.get("model", cls.default_model))
 
     def _load_pretrained(self) -> tuple[nn.Module | None, int]:
         """The pretrained encoder module (its params kept for :meth:`init_params`) and the input padding id."""
@@ -186,14 +168,16 @@ class ArithmeticTask(TaskBase):
     def config(self) -> dict[str, Any]:
         """The settings that decide a dense run's result (the dense-workdir hash reads them)."""
         skip = {"data_dir", "eval_batch_size", "show_train_accuracy"}  # (pretrained and its settings count)
+        if self.model == "gts":  # GTS's settings as before the model choice existed (the same dense-run hash)
+            skip |= {"model", "gcn_dropout"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
     def describe(self) -> str:
         fold = "" if self.fold is None else f" fold {self.fold}"
         inputs = (f"{len(self.vocab.input_words)} words" if self.pretrained is None else
                   f"{self.pretrained_name} encoder {self.pretrained!r}, {self.number_positions} number positions")
-        return (f"{self.dataset}{fold}: {len(self.train)} train / {len(self.dev)} dev problems, {inputs}, "
-                f"{len(self.vocab.output_words)} output tokens")
+        return (f"{self.dataset}{fold}: {self.model}, {len(self.train)} train / {len(self.dev)} dev problems, "
+                f"{inputs}, {len(self.vocab.output_words)} output tokens")
 
     # ------------------------------------------------------------------ batches
     def make_train_batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
@@ -201,9 +185,10 @@ class ArithmeticTask(TaskBase):
         target_length = bucket_length(max(len(e.target_ids) for e in examples), self.target_buckets)
         # a prefix expression of length T closes at most (T - 1) // 2 sub-trees with one number
         depth = max(1, min(self.merge_depth, (target_length - 1) // 2))
+        edges = None if self.train_graphs is None else [self.train_graphs[i] for i in indices]
         return make_batch(examples, self.vocab, self.batch_size,
                           bucket_length(max(len(e.input_ids) for e in examples), self.input_buckets), target_length,
-                          depth, self.pad_id)
+                          depth, self.pad_id, edges)
 
     def epoch_order(self, seed: int, epoch: int) -> list[list[int]]:
         """SPEC §1.2 step 6: the original's shuffled batching (the same for a resumed run)."""
@@ -211,7 +196,7 @@ class ArithmeticTask(TaskBase):
 
     # ------------------------------------------------------------------ model
     def init_params(self, key: jax.Array) -> PyTree:
-        params = nn.meta.unbox(self.model.init(key, self._example_batch()))["params"]
+        params = nn.meta.unbox(self.network.init(key, self._example_batch(), method="declare"))["params"]
         if self.pretrained_params is not None:  # the checkpoint's weights replace the random ones
             name = self.pretrained_name
             fresh, loaded = jax.tree.map(jnp.shape, params[name]), jax.tree.map(jnp.shape, self.pretrained_params)
@@ -226,39 +211,40 @@ class ArithmeticTask(TaskBase):
 
     def _trace_param_axes(self) -> PyTree:
         batch = self._example_batch()
-        return nn.get_partition_spec(jax.eval_shape(lambda k: self.model.init(k, batch), jax.random.key(0)))["params"]
+        return nn.get_partition_spec(jax.eval_shape(lambda k: self.network.init(k, batch, method="declare"),
+                                                    jax.random.key(0)))["params"]
 
     @functools.cached_property
     def _loss(self):
-        return make_loss(self.model)
+        return make_loss(self.network)
 
     def loss(self, params: PyTree, batch: dict[str, jax.Array], key: jax.Array | None = None) -> jax.Array:
         """Masked cross-entropy with dropout on (``key``) or off (``None``); its gradient computes the decoder's
-        weight gradients outside the step loop (:func:`smc_jax.models.gts.make_loss`)."""
+        weight gradients outside the step loop (:func:`smc_jax.models.tree_decoder.make_loss`)."""
         return self._loss(params, batch, key)
 
     # ------------------------------------------------------------------ evaluation
-    def _chunks(self, examples: Sequence[data.Encoded]) -> list[EvalChunk]:
-        """``examples`` in chunks of ``eval_batch_size`` rows, all padded to one input length."""
+    def _chunks(self, examples: Sequence[data.Encoded], edges: Sequence[np.ndarray] | None) -> list[EvalChunk]:
+        """``examples`` (with their graph ``edges``, Graph2Tree) in chunks of ``eval_batch_size`` rows, all padded to
+        one input length (Graph2Tree's also to one number of real-token positions)."""
         length = bucket_length(max(len(e.input_ids) for e in examples), self.input_buckets)
+        pairs = list(zip(examples, edges if edges is not None else [None] * len(examples)))
+        size = min(self.eval_batch_size, len(examples))
+        packed = None  # Graph2Tree: its graph module's position-wise layers on the real tokens only
+        if edges is not None:
+            packed = packed_size([examples[i:i + size] for i in range(0, len(examples), size)], size, length)
 
-        def make(chunk: list[data.Encoded], size: int) -> dict[str, np.ndarray]:
-            rows = chunk + [chunk[0]] * (size - len(chunk))
-            input_ids = np.full((size, length), self.pad_id, np.int32)
-            num_pos = np.zeros((size, self.vocab.copy_nums), np.int32)
-            for b, e in enumerate(rows):
-                input_ids[b, : len(e.input_ids)] = e.input_ids
-                num_pos[b, : len(e.num_pos)] = e.num_pos
-            return {"input_ids": input_ids, "lengths": np.array([len(e.input_ids) for e in rows], np.int32),
-                    "num_pos": num_pos, "num_count": np.array([len(e.num_pos) for e in rows], np.int32)}
+        def make(chunk: list, rows: int) -> dict[str, np.ndarray]:
+            return input_batch([e for e, _ in chunk], rows, length, self.vocab.copy_nums, self.pad_id,
+                               None if edges is None else [g for _, g in chunk], packed)
 
-        return eval_chunks(examples, min(self.eval_batch_size, len(examples)), make)
+        return eval_chunks(pairs, size, make)
 
     @functools.cached_property
     def _eval_sets(self) -> dict[str, list[EvalChunk]]:
-        sets = {"dev": self._chunks(self.dev)}
+        sets = {"dev": self._chunks(self.dev, self.dev_graphs)}
         if self.show_train_accuracy:
-            sets["train"] = self._chunks(self.train)
+            sets["train"] = self._chunks(self.train, self.train_graphs)
         return sets
 
     def eval_sets(self) -> dict[str, list[EvalChunk]]:
@@ -268,8 +254,8 @@ class ArithmeticTask(TaskBase):
 
     def eval_step(self, params: PyTree, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Beam-search token ids (``tokens``, ``length``) of a chunk."""
-        out = self.model.apply({"params": params}, batch, method=GTS.beam_search, beam_size=self.beam_size,
-                               max_length=self.max_output_length)
+        out = self.network.apply({"params": params}, batch, method="beam_search", beam_size=self.beam_size,
+                                 max_length=self.max_output_length)
         return {"tokens": out["tokens"], "length": out["length"]}
 
     @staticmethod
