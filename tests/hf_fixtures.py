@@ -356,3 +356,32 @@ def tiny_mbart_tokenizer(directory: Path, n_spm: int = MBART_N_SPM, seed_text: s
         hard_vocab_limit=False, num_threads=1, minloglevel=2)
     (directory / "corpus.txt").unlink()
     return tr.MBartTokenizer.from_pretrained(directory, src_lang="en_XX", tgt_lang="fr_XX")
+
+
+# ------------------------------------------------------------------------------------------- translation
+
+TRANSLATION_LANGS = ("en", "fr", "cs", "de", "gu", "ja", "my", "ro", "ru", "vi", "zh")
+
+
+def flores_text(shared_data: Path, lines: int = 40, split: str = "dev") -> str:
+    """The first ``lines`` FLORES-200 lines of English and the ten SMC-Bench languages (spm training text)."""
+    from smc_jax.tasks.translation.data import FLORES_CODES
+
+    out = []
+    for lang in TRANSLATION_LANGS:
+        out += (shared_data / "flores200" / split / f"{FLORES_CODES[lang]}.{split}").read_text().split("\n")[:lines]
+    return "\n".join(out)
+
+
+def tiny_translation_checkpoint(directory: Path, shared_data: Path, n_spm: int = 3000, **config_fields) -> Path:
+    """A tiny random MBart checkpoint (one encoder and one decoder layer, 256 positions) with a unigram sentencepiece
+    tokenizer trained on FLORES text of all eleven languages (HF layout: ``len(tokenizer)`` rows), saved with the
+    tokenizer: what a cc25 directory holds."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_mbart_tokenizer(directory, n_spm=n_spm, seed_text=flores_text(shared_data))
+    tokenizer.save_pretrained(directory)
+    fields = {**MBART_SIZES, "max_position_embeddings": 256, "encoder_layers": 1, "decoder_layers": 1,
+              **config_fields, "vocab_size": len(tokenizer)}
+    model = mbart_torch_model(0, bias_std=0.1, **fields)
+    save(model, directory)
+    return directory

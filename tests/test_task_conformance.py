@@ -38,7 +38,21 @@ def protein(shared_data, tiny_roberta):
                             max_train_examples=8, max_eval_examples=8, batch_size=4, length_buckets=(64,))
 
 
-FACTORIES = {"arithmetic": arithmetic, "commonsense": commonsense, "protein": protein}
+def translation(shared_data, tiny_roberta):
+    # a tiny MBart with a FLORES-trained sentencepiece tokenizer, saved once beside the session's RoBERTa
+    from hf_fixtures import tiny_translation_checkpoint
+
+    directory = tiny_roberta.parent / "tiny_translation_mbart"
+    if not (directory / "config.json").is_file():
+        tiny_translation_checkpoint(directory, shared_data)
+    return TASKS["translation"](setting="2to2", source="flores200", data_dir=str(shared_data / "flores200"),
+                                pretrained=str(directory), cache_dir=str(directory / "token_cache"),
+                                max_train_examples=8, max_eval_examples=1, grad_accum_steps=1, max_length=256,
+                                length_buckets=(256,), truncate_eval=True, beam_size=2, max_len_b=4,
+                                eval_batch_size=20)
+
+
+FACTORIES = {"arithmetic": arithmetic, "commonsense": commonsense, "protein": protein, "translation": translation}
 
 
 def test_every_registered_family_has_a_conformance_factory():
