@@ -2,7 +2,8 @@
 
 :func:`beam_search` runs over any step function; :func:`generate` wires in an encoder-decoder (mBART) so that the
 encoder output and every layer's cross-attention keys/values are computed once per sentence and shared by its
-beams, with a per-beam self-attention cache. Per step ``t = 0 .. max_len`` (fairseq, spec §4):
+beams, and each beam's self-attention keys/values stay in its cache slot (a step re-orders only a small
+ancestry table, not the cache). Per step ``t = 0 .. max_len`` (fairseq, spec §4):
 
 1. ``lp = log_softmax(logits)`` (float32); ``lp[pad] = -inf`` (``ban_pad``); ``lp[unk] -= unk_penalty``; at
    ``t == max_len`` every token but EOS is ``-inf`` (EOS keeps its log-prob; ``forced_eos='zero'`` gives it 0, as
@@ -32,6 +33,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from smc_jax.models.layers import materialized
 
 PyTree = Any
 StepFn = Callable[[jax.Array, jax.Array, PyTree], tuple[jax.Array, PyTree]]
@@ -131,7 +134,7 @@ def pad_to_bucket(input_ids: np.ndarray, attention_mask: np.ndarray, buckets: Se
 def _step_log_probs(logits: jax.Array, t: jax.Array, prefix: jax.Array, config: BeamSearchConfig) -> jax.Array:
     """Step 1 of the module docstring: ``[batch, beam, vocab]`` log-probs with fairseq's masks."""
     c = config
-    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    lp = jax.nn.log_softmax(materialized(logits.astype(jnp.float32)), axis=-1)
     vocab = jnp.arange(lp.shape[-1])
     ninf = jnp.float32(-jnp.inf)
     if c.ban_pad:
@@ -166,11 +169,13 @@ class _State(NamedTuple):
 
 
 def beam_search(step_fn: StepFn, cache: PyTree, start_ids: jax.Array, config: BeamSearchConfig,
-                prefix: jax.Array | None = None) -> BeamSearchOutput:
+                prefix: jax.Array | None = None,
+                reorder: Callable[[PyTree, jax.Array], PyTree] = gather_beams) -> BeamSearchOutput:
     """fairseq's beam search (module docstring) over ``step_fn(tokens [B, K], t, cache) -> (logits [B, K, V],
     cache)``, which scores the next token of every beam given its token at step ``t`` (``t = 0``: the start
-    token). ``cache``: the per-beam state, every leaf ``[B, K, ...]`` (re-indexed with the beams each step);
-    state shared by a sentence's beams belongs in ``step_fn``'s closure. ``start_ids``: ``[B]``; ``prefix``:
+    token). ``cache``: the per-beam state, re-indexed with the beams each step by ``reorder(cache, beams [B, K])``
+    (default :func:`gather_beams`: every leaf ``[B, K, ...]``); state shared by a sentence's beams belongs in
+    ``step_fn``'s closure. ``start_ids``: ``[B]``; ``prefix``:
     ``[B, P]`` forced first tokens (pad: not forced). Call it inside ``jax.jit``."""
     c = config
     K, L = c.beam_size, c.max_len + 1
@@ -225,7 +230,7 @@ def beam_search(step_fn: StepFn, cache: PyTree, start_ids: jax.Array, config: Be
         step_lp = jnp.take_along_axis(s.step_lp, new_beam[:, :, None], axis=1)
         step_lp = step_lp.at[:, :, s.t].set(jnp.take_along_axis(token_lp, order, axis=1))
         return _State(s.t + 1, seqs, step_lp, jnp.take_along_axis(top, order, axis=1), fin_seqs, fin_lp,
-                      fin_scores, fin_len, fin_count, done, gather_beams(cache, new_beam))
+                      fin_scores, fin_len, fin_count, done, reorder(cache, new_beam))
 
     def cond(s: _State) -> jax.Array:
         return (s.t <= c.max_len) & ~jnp.all(s.done)
@@ -246,7 +251,8 @@ def generate(module: Any, params: PyTree, input_ids: jax.Array, attention_mask: 
     """Beam search (``config``) with an encoder-decoder ``module`` that has ``encode(ids, mask)``,
     ``cross_kv(encoder_hidden)`` and ``decode(ids, cache_index, cache, cross_kv, mask) -> (logits, cache)``
     methods and a ``config`` for :func:`~smc_jax.models.mbart.init_cache` (:class:`~smc_jax.models.mbart.
-    MBartForConditionalGeneration`). ``input_ids``/``attention_mask``: ``[B, S]`` sources (pad them to length
+    MBartForConditionalGeneration`); each beam's self-attention keys/values stay in its cache slot, and a step
+    re-orders only the cache's ancestry table. ``input_ids``/``attention_mask``: ``[B, S]`` sources (pad them to length
     buckets with :func:`pad_to_bucket`); ``start_ids``: ``[B]`` or a scalar (the decoder start token:
     ``</s>`` in fairseq's format, the target language code in HF's); ``prefix``: ``[B, P]`` forced tokens."""
     from smc_jax.models.mbart import init_cache
@@ -255,14 +261,15 @@ def generate(module: Any, params: PyTree, input_ids: jax.Array, attention_mask: 
     batch, K = input_ids.shape[0], config.beam_size
     encoder = module.apply(variables, input_ids, attention_mask, method="encode")
     cross = module.apply(variables, encoder, method="cross_kv")
-    cache = init_cache(module.config, batch * K, config.max_len + 1, encoder.dtype)
-    cache = jax.tree.map(lambda x: unflatten_beams(x, K), cache)
+    cache = init_cache(module.config, batch, config.max_len + 1, encoder.dtype, beams=K)
 
     def step(tokens, t, cache):
-        flat = jax.tree.map(flatten_beams, cache)
-        logits, flat = module.apply(variables, flatten_beams(tokens)[:, None], t, flat, cross, attention_mask,
-                                    method="decode")
-        return unflatten_beams(logits[:, 0], K), jax.tree.map(lambda x: unflatten_beams(x, K), flat)
+        logits, cache = module.apply(variables, flatten_beams(tokens)[:, None], t, cache, cross, attention_mask,
+                                     method="decode")
+        return unflatten_beams(logits[:, 0], K), cache
+
+    def reorder(cache, beams):  # the keys/values stay in their slots: only the ancestry follows the beams
+        return cache._replace(ancestry=gather_beams(cache.ancestry, beams))
 
     start_ids = jnp.broadcast_to(jnp.asarray(start_ids, jnp.int32), (batch,))
-    return beam_search(step, cache, start_ids, config, prefix)
+    return beam_search(step, cache, start_ids, config, prefix, reorder)

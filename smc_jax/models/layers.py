@@ -12,11 +12,12 @@ module's submodules under ``name``. The axis names are those of :mod:`smc_jax.tr
 and the attention itself, returning the concatenated heads (the output projection belongs to the caller,
 whose naming differs per model, unless ``out_name`` names one inside). It also does cross-attention
 (keys/values from another sequence, or already projected as a :class:`KeyValue`) and incremental
-self-attention over a :class:`KeyValue` cache. Masks are boolean, ``True`` where a query may attend to a key,
-broadcastable to ``[batch, heads, queries, keys]``; :func:`padding_mask` makes the key-padding one and
-:func:`causal_mask` the causal one (with an offset for cached decoding); they combine by ``&``. Without
-active attention dropout the attention runs through ``jax.nn.dot_product_attention``; with it, explicitly
-(float32 softmax, dropout on the probabilities, as HF).
+self-attention over a :class:`KeyValue` cache (per-beam slots written in place, never re-ordered). Masks are
+boolean, ``True`` where a query may attend to a key, broadcastable to ``[batch, heads, queries, keys]``;
+:func:`padding_mask` makes the key-padding one and :func:`causal_mask` the causal one (with an offset for cached
+decoding); they combine by ``&``. The attention is explicit and heads-major (:func:`attend_heads_major`: float32
+softmax, optional dropout on the probabilities, as HF). :class:`Dropout` draws its bits from XLA's
+RngBitGenerator; :func:`materialized` is a fusion boundary before a softmax over logits.
 Rotary position embeddings (:func:`rotary_tables`, :func:`apply_rotary`) rotate the halves of each head
 (GPT-NeoX/ESM layout, not interleaved).
 """
@@ -85,6 +86,31 @@ class ConfiguredModule(nn.Module):
         return embed(num, self.config.hidden_size, axes, name=name, std=self.config.initializer_range,
                      dtype=self.dtype, param_dtype=self.param_dtype)
 
+class Dropout(nn.Module):
+    """``nn.Dropout`` (zero with probability ``rate``, scale the rest by ``1 / (1 - rate)``, one draw per element)
+    with its random bits from XLA's ``RngBitGenerator`` (an ``rbg`` key made from the module's ``'dropout'`` rng):
+    on the CPU about 1.7x cheaper than threefry bits. Active when ``deterministic`` is False."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        if keep == 0.0:
+            return jnp.zeros_like(x)
+        key = jax.random.wrap_key_data(jax.random.bits(self.make_rng("dropout"), (4,), jnp.uint32), impl="rbg")
+        return jax.lax.select(jax.random.bernoulli(key, keep, x.shape), x / keep, jnp.zeros_like(x))
+
+
+def materialized(x: jax.Array) -> jax.Array:
+    """float32 ``x`` unchanged, but a fusion boundary for XLA's CPU backend: its YNNPACK fusions otherwise pull the
+    reductions of a softmax over the logits into the fusion of the matmul producing them, which then runs about
+    twice as slow as the matmul and the reductions apart (an ``optimization_barrier`` is gone by then)."""
+    return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=23)
+
+
 def position_ids_from_padding(input_ids: jax.Array, padding_idx: int) -> jax.Array:
     """HF ``create_position_ids_from_input_ids``: real tokens count from ``padding_idx + 1``, pads get it."""
     real = (input_ids != padding_idx).astype(jnp.int32)
@@ -104,17 +130,21 @@ def causal_mask(queries: int, keys: int | None = None, offset: int | jax.Array =
 
 
 class KeyValue(NamedTuple):
-    """Projected keys and values ``[batch, length, heads, head_dim]``: a source sequence's, computed once for
-    cross-attention, or an incremental self-attention cache (``length`` = the longest decoded sequence)."""
+    """Projected keys and values, heads-major: ``[batch, heads, length, head_dim]`` for a source sequence's
+    (computed once for cross-attention). As an incremental self-attention cache (:meth:`zeros`) of ``beams``
+    rows of queries per batch row: values ``[batch, heads, length * beams, head_dim]``, keys
+    ``[batch, heads, head_dim, length * beams]`` (the layouts the attention products read without a copy),
+    position-major (index ``position * beams + slot``), each beam writing its own slot in place."""
 
     key: jax.Array
     value: jax.Array
 
     @classmethod
-    def zeros(cls, batch: int, length: int, heads: int, head_dim: int, dtype: Dtype = jnp.float32) -> KeyValue:
+    def zeros(cls, batch: int, length: int, heads: int, head_dim: int, dtype: Dtype = jnp.float32,
+              beams: int = 1) -> KeyValue:
         """An empty cache."""
-        shape = (batch, length, heads, head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return cls(jnp.zeros((batch, heads, head_dim, length * beams), dtype),
+                   jnp.zeros((batch, heads, length * beams, head_dim), dtype))
 
 
 # ------------------------------------------------------------------------------------------------- rotary
@@ -142,23 +172,29 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 # ---------------------------------------------------------------------------------------------- attention
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, scale: float | None = None,
-           dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
-    """Scaled dot-product attention of ``[batch, length, heads, head_dim]`` tensors.
-
-    ``scale`` multiplies the logits (None: divide by sqrt(head_dim)). ``dropout``, when given, is applied to
-    the float32 attention probabilities. The products run heads-major (``[batch, heads, length, head_dim]``),
-    the layout XLA's CPU backend multiplies fastest for small head dims.
-    """
-    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
-    logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32)
+def attend_heads_major(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
+                       scale: float | None = None, dropout: Callable[[jax.Array], jax.Array] | None = None,
+                       keys_last: bool = False) -> jax.Array:
+    """Scaled dot-product attention of heads-major ``[batch, heads, length, head_dim]`` tensors (the layout
+    XLA's CPU backend multiplies fastest for small head dims); ``keys_last``: the keys come as
+    ``[batch, heads, head_dim, length]``. ``scale`` multiplies the logits (None: divide by sqrt(head_dim));
+    ``dropout``, when given, is applied to the float32 attention probabilities."""
+    logits = jnp.einsum("bnth,bnhs->bnts" if keys_last else "bnth,bnsh->bnts", q, k,
+                        preferred_element_type=jnp.float32)
     logits = logits / q.shape[-1] ** 0.5 if scale is None else logits * scale
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     if dropout is not None:
         probs = dropout(probs)
-    return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", probs.astype(v.dtype), v), 1, 2)
+    return jnp.einsum("bnts,bnsh->bnth", probs.astype(v.dtype), v)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *, scale: float | None = None,
+           dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    """:func:`attend_heads_major` of ``[batch, length, heads, head_dim]`` tensors."""
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    return jnp.swapaxes(attend_heads_major(q, k, v, mask, scale=scale, dropout=dropout), 1, 2)
 
 
 class MultiHeadAttention(nn.Module):
@@ -169,8 +205,8 @@ class MultiHeadAttention(nn.Module):
     ``features``: joined heads x head_dim width. ``scale_query``: multiply the query by head_dim**-0.5 right
     after its projection (before any rotary embedding) and leave the logits unscaled (ESM); otherwise the
     logits are divided by sqrt(head_dim) (BERT). ``dropout_rate``: on the attention probabilities, active
-    when ``deterministic`` is False (one ``nn.Dropout`` submodule, ``Dropout_0``; one draw per batch row,
-    head, query and key).
+    when ``deterministic`` is False (one ``nn.Dropout`` submodule, ``Dropout_0``, or this module's
+    :class:`Dropout` with ``rbg_dropout``; one draw per batch row, head, query and key).
     """
 
     num_heads: int
@@ -180,6 +216,7 @@ class MultiHeadAttention(nn.Module):
     init_std: float = 0.02
     names: tuple[str, str, str] = ("query", "key", "value")
     out_name: str | None = None
+    rbg_dropout: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -206,24 +243,27 @@ class MultiHeadAttention(nn.Module):
         already projected; with ``x=None`` the call returns that :class:`KeyValue` (compute it once per source).
         When ``kv``'s batch is a divisor of ``x``'s, the rows of ``x`` are groups of ``x_batch / kv_batch``
         consecutive rows (beams) sharing one source: their queries attend to it without tiling it.
-        ``cache``: incremental self-attention; this call's keys/values are written into it at positions
-        ``cache_index ..`` and the queries attend over the whole cache (``mask`` must hide the positions
-        not yet written, e.g. :func:`causal_mask` with ``offset=cache_index``); returns ``(out, cache)``.
+        ``cache``: incremental self-attention over a :class:`KeyValue` cache of ``batch`` rows, ``x`` holding
+        ``batch * beams`` rows (a batch row's beams consecutive): each row's keys/values are written into its
+        beam's slot at positions ``cache_index ..``, and the queries of a batch row's beams attend over all its
+        slots, ``length * beams`` keys (``mask`` picks each query's own history, ``[batch, 1, beams * steps,
+        length * beams]``, e.g. ``mbart.self_attention_mask``); returns ``(out, cache)``.
         """
         if self.features % self.num_heads:
             raise ValueError(f"features {self.features} is not a multiple of num_heads {self.num_heads}")
         _, key_name, value_name = self.names
+        heads_major = lambda y: jnp.swapaxes(y, 1, 2)  # noqa: E731
         if x is None:
             if kv is None or isinstance(kv, KeyValue):
                 raise ValueError("x=None projects the keys/values of kv: pass kv as an array")
-            return KeyValue(self.project(kv, key_name), self.project(kv, value_name))
+            return KeyValue(heads_major(self.project(kv, key_name)), heads_major(self.project(kv, value_name)))
         q = self.project(x, self.names[0])
         if kv is None:
             k, v = self.project(x, key_name), self.project(x, value_name)
         elif isinstance(kv, KeyValue):
             k, v = kv
         else:
-            k, v = self.project(kv, key_name), self.project(kv, value_name)
+            k, v = heads_major(self.project(kv, key_name)), heads_major(self.project(kv, value_name))
         scale = None
         if self.scale_query:
             q, scale = q * self.head_dim**-0.5, 1.0
@@ -233,18 +273,30 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             if kv is not None:
                 raise ValueError("a key/value cache is for self-attention (kv must be None)")
-            index = (0, cache_index, 0, 0)
-            cache = KeyValue(jax.lax.dynamic_update_slice(cache.key, k.astype(cache.key.dtype), index),
-                             jax.lax.dynamic_update_slice(cache.value, v.astype(cache.value.dtype), index))
-            k, v = cache
+            batch, steps = cache.value.shape[0], x.shape[1]
+            beams = x.shape[0] // batch
+            # [rows, steps, heads, head_dim] -> [batch, heads, head_dim | steps * beams | head_dim]
+            new = lambda y, order: y.reshape(batch, beams, steps, *y.shape[2:]).transpose(order).reshape(  # noqa
+                batch, self.num_heads, -1, self.head_dim)
+            start = cache_index * beams
+            cache = KeyValue(
+                jax.lax.dynamic_update_slice(cache.key, new(k, (0, 3, 4, 2, 1)).reshape(
+                    batch, self.num_heads, self.head_dim, -1).astype(cache.key.dtype), (0, 0, 0, start)),
+                jax.lax.dynamic_update_slice(cache.value, new(v, (0, 3, 2, 1, 4)).astype(cache.value.dtype),
+                                             (0, 0, start, 0)))
+            k, v = cache  # read as laid out: any relayout or reshape has XLA copy the whole cache every step
+        elif kv is None:
+            k, v = heads_major(k), heads_major(v)
         if k.shape[0] != q.shape[0]:
             if q.ndim != 4 or q.shape[0] % k.shape[0]:
                 raise ValueError(f"queries of batch {q.shape[0]} cannot share keys/values of batch {k.shape[0]}")
             q = q.reshape(k.shape[0], -1, *q.shape[2:])
         dropout = None
         if not deterministic and self.dropout_rate > 0.0:
-            dropout = lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=False)  # noqa: E731
-        out = attend(q, k, v, mask, scale=scale, dropout=dropout)
+            cls = Dropout if self.rbg_dropout else nn.Dropout
+            dropout = lambda p: cls(self.dropout_rate)(p, deterministic=False)  # noqa: E731
+        out = heads_major(attend_heads_major(heads_major(q), k, v, mask, scale=scale, dropout=dropout,
+                                                keys_last=cache is not None))
         out = out.reshape(*x.shape[:-1], self.features)
         if self.out_name is not None:
             out = dense(x.shape[-1], ("heads", "embed"), name=self.out_name, std=self.init_std, dtype=self.dtype,

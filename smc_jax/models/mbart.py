@@ -6,7 +6,8 @@ Encoder: ``sqrt(d_model)`` x shared token embedding + learned positions (row = p
 every layer. Logits: final decoder hidden state x shared embedding^T + ``final_logits_bias`` (a HF buffer, frozen
 here by ``stop_gradient``: zero gradient, so Adam without weight decay never moves it; a task's sparsity rules
 must exclude it by name). LayerNorm epsilon 1e-5; masked attention scores use ``finfo.min``; attention dropout
-draws one value per (row, head, query, key).
+draws one value per (row, head, query, key); every dropout takes its bits from XLA's RngBitGenerator
+(:class:`~smc_jax.models.layers.Dropout`).
 
 Parameter paths are HF-Flax's (every layer its own path)::
 
@@ -100,6 +101,16 @@ class MBartConfig:
         return cls(**{**{k: raw[k] for k in fields if raw.get(k) is not None}, **overrides})
 
 
+class DecoderCache(NamedTuple):
+    """Incremental decoding state: per decoder layer a self-attention :class:`KeyValue` cache (each beam writes
+    its own slot, in place) and the ``ancestry``
+    ``[batch, beams, length]`` int32, the slot holding each beam's key/value of each position (a beam search
+    re-orders only this)."""
+
+    layers: Cache
+    ancestry: jax.Array
+
+
 class MBartOutput(NamedTuple):
     """What :class:`MBartForConditionalGeneration` returns (``out[0]`` is the logits)."""
 
@@ -118,13 +129,13 @@ class _Layer(_Module):
         self.final_layer_norm = self.layer_norm("embed", "final_layer_norm")
         self.fc1 = self.dense(ffn_dim, ("embed", "mlp"), "fc1")
         self.fc2 = self.dense(self.config.d_model, ("mlp", "embed"), "fc2")
-        self.dropout = nn.Dropout(self.config.dropout)
-        self.activation_dropout = nn.Dropout(self.config.activation_dropout)
+        self.dropout = layers.Dropout(self.config.dropout)
+        self.activation_dropout = layers.Dropout(self.config.activation_dropout)
 
     def attention(self, heads: int, name: str) -> layers.MultiHeadAttention:
         c = self.config
         return layers.MultiHeadAttention(heads, c.d_model, c.attention_dropout, init_std=c.init_std,
-                                         names=("q_proj", "k_proj", "v_proj"), out_name="out_proj",
+                                         names=("q_proj", "k_proj", "v_proj"), out_name="out_proj", rbg_dropout=True,
                                          dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
     def ffn(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -222,7 +233,7 @@ class _Side(_Module):
         self.layernorm_embedding = self.layer_norm("embed", "layernorm_embedding")
         self.layers = _Stack(c, self.dtype, self.param_dtype, decoder=self.decoder, remat=self.remat, name="layers")
         self.final_norm = self.layer_norm("embed", "layer_norm")
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = layers.Dropout(c.dropout)
 
     def embed_inputs(self, tokens: jax.Array, positions: jax.Array, deterministic: bool) -> jax.Array:
         x = tokens + self.embed_positions(positions + POSITION_OFFSET)
@@ -319,21 +330,23 @@ class MBartForConditionalGeneration(_Module):
         return self.model.encode(input_ids, attention_mask, deterministic)
 
     def cross_kv(self, encoder_hidden: jax.Array) -> Cache:
-        """Every decoder layer's cross-attention keys/values ``[batch, source, heads, head_dim]`` (once per source)."""
+        """Every decoder layer's cross-attention keys/values ``[batch, heads, source, head_dim]`` (once per source)."""
         return self.model.cross_kv(encoder_hidden)
 
-    def decode(self, decoder_input_ids: jax.Array, cache_index: int | jax.Array, cache: Cache, cross_kv: Cache,
-               attention_mask: jax.Array, deterministic: bool = True) -> tuple[jax.Array, Cache]:
+    def decode(self, decoder_input_ids: jax.Array, cache_index: int | jax.Array, cache: DecoderCache,
+               cross_kv: Cache, attention_mask: jax.Array, deterministic: bool = True
+               ) -> tuple[jax.Array, DecoderCache]:
         """Logits ``[rows, steps, vocab]`` of ``decoder_input_ids`` ``[rows, steps]`` at decoder positions
-        ``cache_index ..``, attending to the ``cache`` of the earlier positions (returned updated). ``rows`` may be
-        ``beams`` x the source batch (rows of one sentence consecutive): ``cross_kv`` and ``attention_mask``
-        (the source's, ``[batch, source]``) are then shared by each group, not tiled."""
+        ``cache_index ..``, attending to the ``cache`` (:func:`init_cache`) of the earlier positions (returned
+        updated). ``rows`` = the cache's ``batch * beams`` (a sentence's beams consecutive): ``cross_kv`` and
+        ``attention_mask`` (the source's, ``[batch, source]``) are shared by each sentence's beams, not tiled."""
         steps = decoder_input_ids.shape[1]
-        self_mask = layers.causal_mask(steps, cache[0].key.shape[1], offset=cache_index)
+        ancestry, self_mask = self_attention_mask(cache.ancestry, cache_index, steps)
         positions = cache_index + jnp.arange(steps)[None]
-        hidden, cache = self.model.decode(decoder_input_ids, positions, self_mask, cross_kv,
-                                          layers.padding_mask(attention_mask), deterministic, cache, cache_index)
-        return self.logits(hidden), cache
+        hidden, caches = self.model.decode(decoder_input_ids, positions, self_mask, cross_kv,
+                                           layers.padding_mask(attention_mask), deterministic, cache.layers,
+                                           cache_index)
+        return self.logits(hidden), DecoderCache(caches, ancestry)
 
     def dummy_inputs(self) -> tuple[jax.Array, ...]:
         """Positional inputs for ``init``/``eval_shape``."""
@@ -341,12 +354,28 @@ class MBartForConditionalGeneration(_Module):
         return ids, jnp.ones((1, 2), jnp.int32), ids, jnp.ones((1, 2), jnp.int32)
 
 
-def init_cache(config: MBartConfig, rows: int, length: int, dtype: Dtype = jnp.float32) -> Cache:
-    """An empty decoder self-attention cache: per layer a :class:`KeyValue` ``[rows, length, heads, head_dim]``
-    (``length`` >= the number of decoder positions fed)."""
+def init_cache(config: MBartConfig, batch: int, length: int, dtype: Dtype = jnp.float32,
+               beams: int = 1) -> DecoderCache:
+    """An empty :class:`DecoderCache` for ``batch * beams`` decoder rows and ``length`` >= the number of decoder
+    positions fed; every beam's history in its own slot."""
     heads = config.decoder_attention_heads
-    return tuple(KeyValue.zeros(rows, length, heads, config.d_model // heads, dtype)
-                 for _ in range(config.decoder_layers))
+    ancestry = jnp.broadcast_to(jnp.arange(beams, dtype=jnp.int32)[None, :, None], (batch, beams, length))
+    return DecoderCache(tuple(KeyValue.zeros(batch, length, heads, config.d_model // heads, dtype, beams)
+                              for _ in range(config.decoder_layers)), ancestry)
+
+
+def self_attention_mask(ancestry: jax.Array, cache_index: int | jax.Array, steps: int
+                        ) -> tuple[jax.Array, jax.Array]:
+    """``ancestry`` ``[batch, beams, length]`` with positions ``cache_index ..`` (``steps`` of them) written by
+    every beam into its own slot, and the cached self-attention mask ``[batch, 1, beams * steps, length * beams]``:
+    the query of (beam k, step s) sees position l of slot k' iff ``l <= cache_index + s`` and
+    ``ancestry[b, k, l] == k'`` (its own history, causal)."""
+    batch, beams, length = ancestry.shape
+    own = jnp.broadcast_to(jnp.arange(beams, dtype=ancestry.dtype)[None, :, None], (batch, beams, steps))
+    ancestry = jax.lax.dynamic_update_slice(ancestry, own, (0, 0, cache_index))
+    slot = ancestry[:, :, None, :, None] == jnp.arange(beams, dtype=ancestry.dtype)  # [b, k, 1, l, k']
+    causal = (jnp.arange(length) <= cache_index + jnp.arange(steps)[:, None])[:, :, None]  # [s, l, 1]
+    return ancestry, (slot & causal).reshape(batch, 1, beams * steps, length * beams)
 
 
 def shift_tokens_right(labels: np.ndarray | jax.Array, pad_token_id: int = 1) -> jax.Array:
