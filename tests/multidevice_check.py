@@ -64,7 +64,8 @@ def gathers_whole_param(task, algorithm, partitioning, optimizer) -> tuple[bool,
             if m:
                 gathered.add(tuple(int(d) for d in m.group(1).split(",") if d))
     # every parameter sharded 8 ways on some axis? (else "no gather" would say nothing)
-    sharded = all(any(a is not None for a in s.spec) for s, x in zip(jax.tree.leaves(params_sh), jax.tree.leaves(params))
+    sharded = all(any(a is not None for a in s.spec)
+                  for s, x in zip(jax.tree.leaves(params_sh), jax.tree.leaves(params))
                   if np.ndim(x) >= 2)
     return bool(gathered & full_shapes), grad_hlo.count("all-gather"), sharded
 
@@ -89,7 +90,8 @@ def main():
                 out[f"{algorithm.name}/{name}"] = {
                     "loss_diff": float(np.max(np.abs(np.asarray(losses) - np.asarray(l1)))),
                     "num_losses": len(losses),
-                    "masks_equal": all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(masks))),
+                    "masks_equal": all(np.array_equal(a, b)
+                                       for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(masks))),
                     "sparsity": [s["actual_sparsity"], s1["actual_sparsity"]],
                     "per_leaf_equal": s["per_leaf_sparsity"] == s1["per_leaf_sparsity"],
                     "accuracy": [s["reported"], s1["reported"]],

@@ -30,7 +30,8 @@ def test_preprocess_replaces_numbers_and_records_positions():
 
 
 def test_vocab_generate_numbers_count_train_and_dev_operators_from_train():
-    train = [problem("a number0", "1", "* number0 100.0")] * 3 + [problem("b number0 number1", "1 2", "+ number0 number1")]
+    train = [problem("a number0", "1", "* number0 100.0")] * 3
+    train += [problem("b number0 number1", "1 2", "+ number0 number1")]
     dev = [problem("c number0 number1 number2", "1 2 3", "/ number0 100.0")] * 2 + [problem("d", "", "- 7.0 2.0")]
     vocab = A.build_vocab(train, dev)
     # 100.0 appears 3 + 2 = 5 times (a generate number); 7.0 and 2.0 once; '/' and '-' only in dev

@@ -213,8 +213,8 @@ def test_sigkill_then_resume_finishes_with_the_same_masks(tmp_path, train_main):
     assert train_main(args + [f"--gin.WORKDIR='{straight}'"]) == 0
     a, b = read(killed / "summary.json"), read(straight / "summary.json")
     assert a["per_leaf_sparsity"] == b["per_leaf_sparsity"] and a["best"] == b["best"] and a["final"] == b["final"]
-    losses = [[e["loss"] for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if e["event"] == "train"]
-              for d in (killed, straight)]
+    events = [list(map(json.loads, (d / "metrics.jsonl").read_text().splitlines())) for d in (killed, straight)]
+    losses = [[e["loss"] for e in run if e["event"] == "train"] for run in events]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert a["best_step"] == b["best_step"] and a["steps"] == b["steps"] == 48
 
@@ -306,7 +306,8 @@ def test_readme_smoke_command_full_size(tmp_path):
 def test_fold_all_runs_every_fold_and_micro_averages(train_main, tmp_path):
     workdir = tmp_path / "cv"
     assert train_main(["--gin_file=gin/asdiv_dense.gin", *small(
-        "--gin.FOLD='all'", "--gin.MAX_TRAIN_EXAMPLES=8", "--gin.MAX_EVAL_EXAMPLES=8", f"--gin.WORKDIR='{workdir}'")]) == 0
+        "--gin.FOLD='all'", "--gin.MAX_TRAIN_EXAMPLES=8", "--gin.MAX_EVAL_EXAMPLES=8",
+        f"--gin.WORKDIR='{workdir}'")]) == 0
     folds = [read(workdir / f"fold_{k}" / "summary.json") for k in range(5)]
     assert [f["fold"] for f in folds] == [0, 1, 2, 3, 4]
     cv = read(workdir / "cv_summary.json")
