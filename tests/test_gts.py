@@ -160,6 +160,21 @@ def test_masked_cross_entropy_divides_by_the_total_length():
     np.testing.assert_allclose(float(loss), -(np.log(0.5) + np.log(0.75) + np.log(0.1)) / 3, rtol=1e-6)
 
 
+def check_loss_gradients_equal_autodiff(m, params, batch, key):
+    """make_loss(m)'s value and gradients equal autodiff of ``m.apply`` (dropout on when ``key`` is given);
+    returns make_loss's ``(value, gradients)``."""
+    rngs = {"dropout": key} if key is not None else {}
+    reference = jax.jit(jax.value_and_grad(
+        lambda p: m.apply({"params": p}, batch, deterministic=key is None, rngs=rngs)))(params)
+    fast = jax.jit(jax.value_and_grad(lambda p: make_loss(m)(p, batch, key)))(params)
+    np.testing.assert_allclose(float(fast[0]), float(reference[0]), rtol=1e-6)
+    flat_ref = dict(jax.tree_util.tree_flatten_with_path(reference[1])[0])
+    for path, g in jax.tree_util.tree_flatten_with_path(fast[1])[0]:
+        np.testing.assert_allclose(np.asarray(g), np.asarray(flat_ref[path]), rtol=2e-4, atol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
+    return fast
+
+
 @pytest.mark.parametrize("dropout", [False, True])
 def test_deferred_weight_gradients_equal_autodiff(dropout):
     """make_loss's custom gradient (decoder kernels' gradients as one matmul after the scan) is autodiff's."""
@@ -167,13 +182,5 @@ def test_deferred_weight_gradients_equal_autodiff(dropout):
     m = model()
     params = nn.meta.unbox(m.init(jax.random.key(0), batch))["params"]
     key = jax.random.key(3) if dropout else None
-    rngs = {"dropout": key} if dropout else {}
-    reference = jax.jit(jax.value_and_grad(
-        lambda p: m.apply({"params": p}, batch, deterministic=not dropout, rngs=rngs)))(params)
-    fast = jax.jit(jax.value_and_grad(lambda p: make_loss(m)(p, batch, key)))(params)
-    np.testing.assert_allclose(float(fast[0]), float(reference[0]), rtol=1e-6)
-    flat_ref = dict(jax.tree_util.tree_flatten_with_path(reference[1])[0])
-    for path, g in jax.tree_util.tree_flatten_with_path(fast[1])[0]:
-        np.testing.assert_allclose(np.asarray(g), np.asarray(flat_ref[path]), rtol=2e-4, atol=1e-6,
-                                   err_msg=jax.tree_util.keystr(path))
+    fast = check_loss_gradients_equal_autodiff(m, params, batch, key)
     assert float(jnp.abs(fast[1]["decoder"]["generate"]["generate_l"]["kernel"]).sum()) > 0
