@@ -211,13 +211,16 @@ def test_remat_same_outputs_and_gradients(checkpoints):
 
 
 def test_explicit_attention_path_matches_fused():
-    """The explicit attention (taken under attention dropout) equals ``jax.nn.dot_product_attention`` at rate 0,
-    for both logit scalings (BERT's divide-by-sqrt(head_dim), ESM's pre-scaled query)."""
+    """The explicit, heads-major attention (with and without a dropout hook) equals
+    ``jax.nn.dot_product_attention``, for both logit scalings (BERT's divide-by-sqrt(head_dim), ESM's pre-scaled
+    query)."""
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 5, 4, 8))
     mask = layers.padding_mask(jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))
     for scale in (None, 1.0):
-        fused = jax.jit(lambda q, k, v: layers.attend(q, k, v, mask, scale=scale))(q, k, v)
+        fused = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale))(q, k, v)
+        plain = jax.jit(lambda q, k, v: layers.attend(q, k, v, mask, scale=scale))(q, k, v)
         explicit = jax.jit(lambda q, k, v: layers.attend(q, k, v, mask, scale=scale, dropout=lambda p: p))(q, k, v)
+        np.testing.assert_allclose(plain, fused, atol=1e-5)
         np.testing.assert_allclose(explicit, fused, atol=1e-5)
 
 
