@@ -350,3 +350,37 @@ def test_gts_and_graph2tree_side_by_side(tmp_path):
     png = tmp_path / "out" / f"{report_plots.models_stem(group)}.png"
     assert png.name == "mawps_value_accuracy_models.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"]({png.stem}.png)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_per_direction_tables(tmp_path):
+    """Translation-like runs score BLEU per direction (``selected['bleu/en-fr']`` …): report.md gains a table per
+    setting with a row per (algorithm, sparsity), a column per direction (seeds averaged) and the run's mean;
+    a diverged seed is left out; settings without per-direction keys (MAWPS) get none."""
+    directions = ("en-fr", "fr-en")
+
+    def bleu_summary(algorithm, sparsity, seed, scores, **extra):
+        s = summary(algorithm, sparsity, seed, None, sum(scores) / len(scores), task="2to2", model="mbart", **extra)
+        per = {f"bleu/{d}": v for d, v in zip(directions, scores)} | {f"sacrebleu/{d}": 0.0 for d in directions}
+        s.update(metric="bleu", metrics=["bleu", "sacrebleu"], label={"rigl": "Random+RigL"}.get(algorithm, "Dense"))
+        s["selected"] = per | {"bleu": sum(scores) / len(scores), "sacrebleu": 0.0, "num_eval": 400}
+        return s
+
+    runs = tmp_path / "runs"
+    write(runs / "dense_1", bleu_summary("dense", 0.0, 1, (30.0, 20.0)))
+    write(runs / "rigl_1", bleu_summary("rigl", 0.5, 1, (26.0, 18.0)))
+    write(runs / "rigl_2", bleu_summary("rigl", 0.5, 2, (28.0, 16.0)))
+    write(runs / "rigl_3", diverged(bleu_summary("rigl", 0.5, 3, (0.0, 0.0)), 7))
+    write(runs / "mawps", summary("dense", 0.0, 1, 0, 80.0))
+    (table,) = report_tables.direction_tables(report.load_summaries([runs]))
+    assert (table.task_name, table.metric, table.directions) == ("2to2", "bleu", list(directions))
+    assert table.rows == [("dense", 0.0), ("rigl", 0.5)]
+    assert table.cells["rigl", 0.5]["en-fr"].mean == pytest.approx(27.0)
+    assert table.cells["rigl", 0.5]["en-fr"].n == 2  # the diverged seed is left out
+    assert table.cells["rigl", 0.5]["fr-en"].std == pytest.approx(math.sqrt(2.0))
+    assert table.means["rigl", 0.5].mean == pytest.approx(22.0)
+    report.write_report([runs], tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "### 2to2 / mbart / bleu per direction" in text
+    assert "| Dense | 0 | 30.00 | 20.00 | 25.00 |" in text
+    assert "| Random+RigL | 0.5 | 27.00 ± 1.41 | 17.00 ± 1.41 | 22.00 ± 0.00 |" in text
+    assert "mawps / gts / value_accuracy per direction" not in text

@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): ``python scripts/bench.py sparsity|gts|models|commonsense|scaling|esm|mbart``.
+"""Benchmarks (not tests): ``python scripts/bench.py sparsity|gts|graph2tree|models|commonsense|scaling|esm|mbart``.
 
 ``gts``: GTS(S) on MAWPS fold 0 at SPEC §1.2's settings (batch 4, hidden 512, beam 5, max length 45): the
 training throughput of the real train step (the engine's jitted, donated step with the sparse optimizer over
@@ -8,6 +8,9 @@ step timed on its own and added at its real frequency). Every distinct batch sha
 time is reported separately; figures are medians of ``--rounds`` rounds (a round: ``--round_steps``
 consecutive batches of the epoch order, run for every configuration in turn, so machine drift hits them
 alike); a timing waits for the whole step.
+
+``graph2tree``: dense GTS(S) against Graph2Tree(S) at GTS's sizes and at its own, training epoch and beam-5
+evaluation (:mod:`smc_jax.cli.bench_gts`).
 
 ``sparsity``: on a BERT-base-shaped parameter tree (~110M weights, random values; 2-D leaves prunable),
 times one global-magnitude prune (random and position tie-breaking), one SNIP prune whose threshold falls among
@@ -68,7 +71,7 @@ import smc_jax.sparsity as sp
 from smc_jax.cli.bench_common import CONFIGS, block, machine, timed
 from smc_jax.cli.bench_esm import add_esm_parser, bench_esm
 from smc_jax.cli.bench_mbart import add_mbart_parser, bench_mbart
-from smc_jax.cli.bench_gts import bench_gts, bench_scaling
+from smc_jax.cli.bench_gts import add_graph2tree_parser, bench_graph2tree, bench_gts, bench_scaling
 from smc_jax.cli.bench_roberta import MODEL_CONFIGS, bench_commonsense, bench_models
 
 
@@ -227,6 +230,7 @@ def parser() -> argparse.ArgumentParser:
     scaling.add_argument("--update_frequency", type=int, default=1000, help="RigL's UPDATE_FREQUENCY")
     scaling.add_argument("--epochs", type=int, default=50, help="run length the schedules are built for")
     scaling.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
+    add_graph2tree_parser(sub)
     add_esm_parser(sub)
     add_mbart_parser(sub)
     return top
@@ -246,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_sparsity(args.rounds, args.scale)
     elif args.bench == "gts":
         bench_gts(args)
+    elif args.bench == "graph2tree":
+        bench_graph2tree(args)
     elif args.bench == "models":
         bench_models(args)
     elif args.bench == "esm":

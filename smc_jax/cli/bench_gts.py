@@ -219,8 +219,8 @@ def bench_graph2tree(args: argparse.Namespace) -> None:
             real = sum(int((b["target_lengths"] > 0).sum()) for b in batches)
             c["state"], _, seconds = run_round(c["state"], c["run_step"], batches)
             c["rates"].append(real / seconds)
+    _eval_parts(configs, max(args.rounds, 5))
     for c in configs.values():
-        c.update(_eval_parts(c["task"], c["state"]["params"], args.rounds))
         c["rate"] = statistics.median(c["rates"])
         c["epoch_s"] = len(c["task"].train) / c["rate"] + c["batching_s"]
 
@@ -233,7 +233,8 @@ def bench_graph2tree(args: argparse.Namespace) -> None:
     first = next(iter(configs.values()))["task"]
     print(f"epoch s: {len(first.train)} training problems at the median rate of {args.rounds} rounds of "
           f"{args.round_problems} problems, plus one epoch's batching on the host; eval s: beam-5 decoding of the "
-          f"{first.num_eval} dev problems (median); encode s: its encoder part (embedding, biLSTM and, for "
+          f"{first.num_eval} dev problems (median of {max(args.rounds, 5)} rounds interleaving the configurations); "
+          "encode s: its encoder part (embedding, biLSTM and, for "
           "Graph2Tree, the graph module); steps: the decoder steps the beam search ran, summed over the chunks "
           "(they follow the predictions, so they differ between models)")
     for name, c in configs.items():
@@ -254,25 +255,35 @@ def bench_graph2tree(args: argparse.Namespace) -> None:
         print(f"{label}: {ratio:.3f} (target <= {target:.2f}: {'met' if ratio <= target else 'NOT met'})")
 
 
-def _eval_parts(task: Task, params, rounds: int) -> dict:
-    """The beam-5 evaluation of the dev split (``eval_s``: median seconds of the engine's evaluator), its encoder
-    part (``encode_s``: the jitted ``encode_batch`` of every chunk) and the decoder steps it runs (``steps``)."""
+def _eval_parts(configs: dict, rounds: int) -> None:
+    """Into every configuration ``c`` of ``configs`` (``task``, trained ``state``): the beam-5 evaluation of the dev
+    split (``eval_s``: median seconds of the engine's evaluator), its encoder part (``encode_s``: the jitted
+    ``encode_batch`` of every chunk) and the decoder steps it runs (``steps``); rounds interleave the
+    configurations, so machine drift hits them alike."""
     import jax.numpy as jnp
 
     from smc_jax.train.steps import evaluator
 
-    evaluate = evaluator(task)
-    chunks = [jax.tree.map(jnp.asarray, chunk.batch) for chunk in task.eval_sets()["dev"]]
-    encode = jax.jit(lambda p, b: task.network.apply({"params": p}, b, method="encode_batch"))
-    search = jax.jit(lambda p, b: task.network.apply({"params": p}, b, method="beam_search", beam_size=task.beam_size,
-                                                     max_length=task.max_output_length)["steps"][0])
-    steps = sum(int(search(params, b)) for b in chunks)
-    evaluate(params)  # compiles
-    encode_all = lambda: [encode(params, b) for b in chunks]  # noqa: E731
-    encode_all()
-    eval_times = [timed(evaluate, params) for _ in range(rounds)]
-    encode_times = [timed(encode_all) for _ in range(rounds)]
-    return dict(eval_s=statistics.median(eval_times), encode_s=statistics.median(encode_times), steps=steps)
+    for c in configs.values():
+        task, params = c["task"], c["state"]["params"]
+        evaluate = evaluator(task)
+        chunks = [jax.tree.map(jnp.asarray, chunk.batch) for chunk in task.eval_sets()["dev"]]
+        encode = jax.jit(lambda p, b, task=task: task.network.apply({"params": p}, b, method="encode_batch"))
+        search = jax.jit(lambda p, b, task=task: task.network.apply(
+            {"params": p}, b, method="beam_search", beam_size=task.beam_size,
+            max_length=task.max_output_length)["steps"][0])
+        c["steps"] = sum(int(search(params, b)) for b in chunks)
+        c["evaluate"] = lambda evaluate=evaluate, params=params: evaluate(params)
+        c["encode"] = lambda encode=encode, params=params, chunks=chunks: [encode(params, b) for b in chunks]
+        c["evaluate"]()  # compiles
+        c["encode"]()
+        c["eval_times"], c["encode_times"] = [], []
+    for _ in range(rounds):
+        for c in configs.values():
+            c["eval_times"].append(timed(c["evaluate"]))
+            c["encode_times"].append(timed(c["encode"]))
+    for c in configs.values():
+        c["eval_s"], c["encode_s"] = statistics.median(c["eval_times"]), statistics.median(c["encode_times"])
 
 
 # --- scaling: the sharded train step over 1, 2, 4, 8 devices ------------------------------------------------

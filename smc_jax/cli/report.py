@@ -16,7 +16,9 @@ count, not the top-level copy of the last round) and writes into ``--out``:
   ``best[metric]`` for summaries written before ``selected`` existed) as mean ± sample standard deviation
   (ddof=1) over seeds, just the mean for one seed, blank where no run exists. Cross-validation folds of one
   (algorithm, sparsity, seed) are first micro-averaged with ``num_eval`` (SPEC §1.2). Dense has sparsity 0:
-  its row repeats the dense value in every column, as the dashed line of the figures does;
+  its row repeats the dense value in every column, as the dashed line of the figures does; for runs that score
+  their metric per direction (translation: ``selected['bleu/en-fr']`` …), a table per (task, model, pretrained)
+  with a row per (algorithm, sparsity) and a column per direction, then the mean (the run's metric);
 - ``<task>_<model>[_<pretrained>]_<metric>.png`` and ``.pdf``: the paper's figure: one line with markers per
   algorithm (±1 std shaded), dense as a dashed horizontal line, x ticks at the swept sparsities;
 - ``<task>[_<pretrained>]_<metric>_models.png`` and ``.pdf`` where a task has runs of several models (GTS and
@@ -63,7 +65,14 @@ from smc_jax.cli.report_plots import (
     save_figure,
     slug,
 )
-from smc_jax.cli.report_tables import LABELS, build_tables, sort_key, table_markdown
+from smc_jax.cli.report_tables import (
+    LABELS,
+    build_tables,
+    direction_table_markdown,
+    direction_tables,
+    sort_key,
+    table_markdown,
+)
 
 REQUIRED = ("task", "model", "algorithm", "seed", "sparsity_label", "target_sparsity", "actual_sparsity",
             "metrics", "best", "num_eval")  # present; values may be null in a diverged run's summary
@@ -201,6 +210,11 @@ def write_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float =
         stem = models_stem(group)
         files += save_figure(plot_models_figure(group), out / stem)
         md += [f"![{group[0].task_name} / {' vs '.join(t.model for t in group)} / {group[0].metric}]({stem}.png)", ""]
+    per_direction = direction_tables(summaries)
+    if per_direction:
+        md += ["## Per direction", ""]
+    for table in per_direction:
+        md += [direction_table_markdown(table), ""]
     if flagged:
         md += [f"## Runs whose actual sparsity misses the target by more than {tolerance}", ""]
         md += [f"- `{s['path']}`: target {s['target_sparsity']:.4f}, actual {s['actual_sparsity']:.4f}"

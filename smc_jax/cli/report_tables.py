@@ -183,3 +183,72 @@ def table_markdown(table: Table) -> str:
         cells = [format_cell(table.value(algorithm, s), digits) for s in table.sparsities]
         lines.append(f"| {LABELS.get(algorithm, algorithm)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass
+class DirectionTable:
+    """Per-direction scores of one (task, model, pretrained): ``cells[(algorithm, sparsity)][direction]`` of
+    ``selected['<metric>/<direction>']`` (translation's ``bleu/en-fr``, …), seeds averaged; ``means`` the run's
+    own ``metric`` (the mean over its directions)."""
+
+    task_name: str
+    model: str
+    pretrained: str | None
+    metric: str
+    directions: list[str]
+    rows: list[tuple[str, float]]  # (algorithm, sparsity), dense first
+    cells: dict[tuple[str, float], dict[str, Cell | None]]
+    means: dict[tuple[str, float], Cell | None]
+
+
+def _directions(runs: dict[tuple, list[dict]], metric: str) -> list[str]:
+    """The ``<direction>`` of every ``selected['<metric>/<direction>']`` key, in first-seen order."""
+    found: list[str] = []
+    for folds in runs.values():
+        for f in folds:
+            for key in f.get("selected") or {}:
+                head, _, tail = key.partition("/")
+                if head == metric and tail and "/" not in tail and tail not in found:
+                    found.append(tail)
+    return found
+
+
+def direction_tables(summaries: Sequence[dict]) -> list[DirectionTable]:
+    """One :class:`DirectionTable` per (task, model, pretrained) whose summaries score their ``metric`` per
+    direction (keys ``<metric>/<direction>`` in ``selected``); settings without such keys have none. Diverged
+    seeds are left out."""
+    by_setting: dict[tuple, dict[tuple, list[dict]]] = defaultdict(dict)
+    for key, folds in _seed_groups(summaries).items():
+        by_setting[key[:3]][key[3:]] = folds
+    tables = []
+    for (task, model, pretrained), runs in sorted(by_setting.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        metric = next(f["metric"] for folds in runs.values() for f in folds)
+        directions = _directions(runs, metric)
+        if not directions:
+            continue
+        values: dict[tuple[str, float], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for (algorithm, sparsity, _seed), folds in runs.items():
+            if any(f.get("diverged") for f in folds):
+                continue
+            for name in [*directions, metric]:
+                value = micro_average(folds, metric if name == metric else f"{metric}/{name}")
+                if value is not None:
+                    values[algorithm, sparsity][name].append(value)
+        rows = sorted(values, key=lambda r: (rank(r[0]), r[0], r[1]))
+        cells = {r: {d: _cell(values[r][d]) for d in directions} for r in rows}
+        means = {r: _cell(values[r][metric]) for r in rows}
+        tables.append(DirectionTable(task, model, pretrained, metric, directions, rows, cells, means))
+    return tables
+
+
+def direction_table_markdown(table: DirectionTable) -> str:
+    """The per-direction table as markdown: rows = (algorithm, sparsity), columns = directions, then the mean."""
+    model = table.model if table.pretrained is None else f"{table.model} ({short_name(table.pretrained)})"
+    lines = [f"### {table.task_name} / {model} / {table.metric} per direction", "",
+             "| Algorithm | Sparsity | " + " | ".join(table.directions) + f" | {table.metric} (mean) |",
+             "|---|---:|" + "---:|" * (len(table.directions) + 1)]
+    for algorithm, sparsity in table.rows:
+        cells = [format_cell(table.cells[algorithm, sparsity][d]) for d in table.directions]
+        lines.append(f"| {LABELS.get(algorithm, algorithm)} | {sparsity:g} | " + " | ".join(cells)
+                     + f" | {format_cell(table.means[algorithm, sparsity])} |")
+    return "\n".join(lines) + "\n"

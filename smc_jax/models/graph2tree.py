@@ -117,11 +117,11 @@ class GraphModule(nn.Module):
     hidden: int
     dropout: float = 0.3
 
-    def _keep(self, name: str, shape: tuple[int, ...]) -> jax.Array:
-        """A fresh dropout keep-mask (its own draw), sown as ``intermediates/keep_{name}``."""
-        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout, shape)
-        self.sow("intermediates", f"keep_{name}", keep)
-        return keep
+    def _keep(self, shape: tuple[int, ...]) -> jax.Array:
+        """A fresh dropout keep-mask (its own draw), its bits from XLA's ``RngBitGenerator`` (as
+        :class:`~smc_jax.models.layers.Dropout`)."""
+        key = jax.random.wrap_key_data(jax.random.bits(self.make_rng("dropout"), (4,), jnp.uint32), impl="rbg")
+        return jax.random.bernoulli(key, 1.0 - self.dropout, shape)
 
     def _dropout(self, x: jax.Array, keep: jax.Array) -> jax.Array:
         return jnp.where(keep, x / (1.0 - self.dropout), 0.0).astype(x.dtype)
@@ -159,16 +159,20 @@ class GraphModule(nn.Module):
         support = put(rows @ jnp.concatenate([h["gc1"]["weight"] for h in heads], axis=1), 2, n_heads // 2, hidden)
         u = jnp.einsum("bgij,bjgkh->bigkh", adjacency, support).reshape(batch, length, n_heads, hidden)
         u = jax.nn.relu(u + stacked("gc1", "bias"))
-        if drop:  # each head its own draw
-            u = self._dropout(u, jnp.stack([self._keep(f"head_{k}", (batch, length, hidden))
-                                            for k in range(n_heads)], axis=2))
+        if drop:  # one draw for the four heads: each its own elements
+            keep = self._keep((batch, length, n_heads, hidden))
+            for k in range(n_heads):
+                self.sow("intermediates", f"keep_head_{k}", keep[:, :, k])
+            u = self._dropout(u, keep)
         support = put(jnp.einsum("pkh,khd->pkd", take(u), stacked("gc2", "weight")), 2, n_heads // 2, -1)
         heads_out = jnp.einsum("bgij,bjgkd->bigkd", adjacency, support).reshape(batch, length, n_heads, -1)
         concatenated = (heads_out + stacked("gc2", "bias")).reshape(batch, length, -1)  # head 0's features first
         g = layer_norm(take(concatenated), a_2, b_2) + rows
         inner = jax.nn.relu(g @ ffn["w_1"]["kernel"] + ffn["w_1"]["bias"])
         if drop:
-            inner = self._dropout(inner, take(self._keep("feed_foward", (batch, length, hidden))))
+            keep = self._keep((batch, length, hidden))
+            self.sow("intermediates", "keep_feed_foward", keep)
+            inner = self._dropout(inner, take(keep))
         return put(inner @ ffn["w_2"]["kernel"] + ffn["w_2"]["bias"] + g, hidden)
 
 
