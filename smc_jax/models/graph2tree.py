@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from smc_jax.models import layers
 from smc_jax.models.gts import GTS
 from smc_jax.models.tree_decoder import LinearParams, torch_uniform
 
@@ -118,10 +119,8 @@ class GraphModule(nn.Module):
     dropout: float = 0.3
 
     def _keep(self, shape: tuple[int, ...]) -> jax.Array:
-        """A fresh dropout keep-mask (its own draw), its bits from XLA's ``RngBitGenerator`` (as
-        :class:`~smc_jax.models.layers.Dropout`)."""
-        key = jax.random.wrap_key_data(jax.random.bits(self.make_rng("dropout"), (4,), jnp.uint32), impl="rbg")
-        return jax.random.bernoulli(key, 1.0 - self.dropout, shape)
+        """A fresh dropout keep-mask (its own draw, :func:`~smc_jax.models.layers.rbg_bernoulli`)."""
+        return layers.rbg_bernoulli(self.make_rng("dropout"), 1.0 - self.dropout, shape)
 
     def _dropout(self, x: jax.Array, keep: jax.Array) -> jax.Array:
         return jnp.where(keep, x / (1.0 - self.dropout), 0.0).astype(x.dtype)
