@@ -98,29 +98,35 @@ def _cell(values: list[float], diverged: int = 0) -> Cell | None:
     return Cell(statistics.fmean(values), std, len(values), diverged)
 
 
-def _seed_groups(summaries: Iterable[dict]) -> dict[tuple, list[dict]]:
+def _seed_groups(summaries: Iterable[dict], quiet: bool = False) -> dict[tuple, list[dict]]:
     """(task, model, pretrained, algorithm, sparsity_label, seed) -> its fold summaries (one per fold;
-    duplicates of one fold warn and keep the first path)."""
+    duplicates of one fold keep the first path, and warn unless ``quiet``)."""
     groups: dict[tuple, dict[Any, dict]] = defaultdict(dict)
     for s in sorted(summaries, key=sort_key):
         key = (s["task"], s["model"], s.get("pretrained"), s["algorithm"], float(s["sparsity_label"]), s["seed"])
         fold = s.get("fold")
         if fold in groups[key]:
-            warn(f"duplicate run {s['path']} (same coordinates as {groups[key][fold]['path']}); ignoring it")
+            if not quiet:
+                warn(f"duplicate run {s['path']} (same coordinates as {groups[key][fold]['path']}); ignoring it")
             continue
         groups[key][fold] = s
     return {k: list(v.values()) for k, v in groups.items()}
 
 
+def _settings(summaries: Iterable[dict], quiet: bool = False) -> list[tuple[tuple, dict[tuple, list[dict]]]]:
+    """``[((task, model, pretrained), {(algorithm, sparsity, seed): fold summaries})]``, sorted (``quiet``: as
+    :func:`_seed_groups`)."""
+    by_setting: dict[tuple, dict[tuple, list[dict]]] = defaultdict(dict)
+    for key, folds in _seed_groups(summaries, quiet).items():
+        by_setting[key[:3]][key[3:]] = folds
+    return sorted(by_setting.items(), key=lambda kv: tuple(map(str, kv[0])))
+
+
 def build_tables(summaries: Sequence[dict]) -> list[Table]:
     """One ``Table`` per (task, model, pretrained, metric in ``metrics``), in sorted order. A seed any of
     whose folds diverged counts as diverged in its cell, never as a value."""
-    groups = _seed_groups(summaries)
-    by_setting: dict[tuple, dict[tuple, list[dict]]] = defaultdict(dict)
-    for key, folds in groups.items():
-        by_setting[key[:3]][key[3:]] = folds
     tables = []
-    for (task, model, pretrained), runs in sorted(by_setting.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (task, model, pretrained), runs in _settings(summaries):
         _check_folds(task, model, runs)
         metrics: list[str] = []
         for folds in runs.values():
@@ -216,12 +222,9 @@ def _directions(runs: dict[tuple, list[dict]], metric: str) -> list[str]:
 def direction_tables(summaries: Sequence[dict]) -> list[DirectionTable]:
     """One :class:`DirectionTable` per (task, model, pretrained) whose summaries score their ``metric`` per
     direction (keys ``<metric>/<direction>`` in ``selected``); settings without such keys have none. Diverged
-    seeds are left out."""
-    by_setting: dict[tuple, dict[tuple, list[dict]]] = defaultdict(dict)
-    for key, folds in _seed_groups(summaries).items():
-        by_setting[key[:3]][key[3:]] = folds
+    seeds are left out; duplicate runs are skipped without a warning (:func:`build_tables` gives it)."""
     tables = []
-    for (task, model, pretrained), runs in sorted(by_setting.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (task, model, pretrained), runs in _settings(summaries, quiet=True):
         metric = next(f["metric"] for folds in runs.values() for f in folds)
         directions = _directions(runs, metric)
         if not directions:
